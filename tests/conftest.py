@@ -1,0 +1,79 @@
+"""Shared fixtures: a real SeaweedFS S3 server and a real local Ray, nothing mocked.
+
+- `s3_server` (session): SeaweedFS on 127.0.0.1 with test credentials; exports the AWS_*
+  variables into this process's environment so that Storage, boto3 and a Ray started later
+  all see them.
+- `s3_storage` / `local_storage`: a fresh, empty Storage per test.
+- `ray_session` (module): a local Ray with 2 CPUs, shared by the tests of one module.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from cluster.s3server import S3Server, free_port
+from cluster.storage import Storage
+
+TEST_BUCKET = "raylane-test"
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    os.environ["AWS_ACCESS_KEY_ID"] = "raylane-test-key"
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "raylane-test-secret-" + uuid.uuid4().hex[:12]
+    server = S3Server(tmp_path_factory.mktemp("seaweedfs"), port=free_port(), bucket=TEST_BUCKET)
+    env = server.start(timeout_s=90)
+    env.pop("RAYLANE_STORAGE")
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    yield server
+    server.stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def s3_storage(s3_server, request) -> Storage:
+    """An empty prefix in the test bucket, unique to this test."""
+    name = request.node.name.replace("[", "-").replace("]", "").replace("_", "-").lower()[:40]
+    return Storage(f"s3://{TEST_BUCKET}/{name}-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def local_storage(tmp_path) -> Storage:
+    return Storage(str(tmp_path / "artifacts"))
+
+
+@pytest.fixture(scope="module")
+def ray_session(s3_server):
+    """A real local Ray (2 CPUs) for one test module; S3 variables are already exported."""
+    import ray
+
+    from cluster.runtime import connect
+
+    if ray.is_initialized():
+        ray.shutdown()
+    connect(num_cpus=2)
+    yield ray
+    ray.shutdown()
