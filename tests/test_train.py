@@ -1,0 +1,132 @@
+"""Ray Train end to end on a real local Ray and a real SeaweedFS: accuracy, checkpoints,
+fault tolerance, resumption, and storage errors that leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from cluster.errors import StorageError
+from cluster.storage import Storage
+from workloads.config import load_job_config
+from workloads.train import run_training
+
+pytestmark = pytest.mark.integration
+
+
+def attempts(storage: Storage, name: str) -> list[dict]:
+    return [storage.read_json(k) for k in storage.list(f"runs/{name}/attempts")]
+
+
+def test_digits_cnn_on_s3_reaches_95_percent_and_reloads_in_a_fresh_process(
+    ray_session, s3_storage
+):
+    summary = run_training(load_job_config("digits-cnn"), s3_storage)
+
+    assert summary.metrics["val_accuracy"] >= 0.95
+    files = s3_storage.list(summary.best_checkpoint_key)
+    names = {key.rsplit("/", 1)[1] for key in files}
+    assert {"model.safetensors", "meta.json", "train_state.pt"} <= names
+    assert s3_storage.read_json("runs/digits-cnn/summary.json")["metrics"]["val_accuracy"] >= 0.95
+
+    fresh = subprocess.run(
+        [sys.executable, "-m", "workloads.evaluate", summary.best_checkpoint_uri, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert fresh.returncode == 0, fresh.stderr
+    result = json.loads(fresh.stdout)
+    assert result["metrics"]["val_accuracy"] == pytest.approx(summary.metrics["val_accuracy"])
+    assert result["metrics"]["val_accuracy"] == pytest.approx(result["recorded"]["val_accuracy"])
+
+
+def test_killed_worker_resumes_from_the_latest_checkpoint(ray_session, s3_storage):
+    from ray.util.state import list_actors
+
+    config = load_job_config("debug", ["name=killed", "train.epochs=8"])
+    outcome = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(summary=run_training(config, s3_storage, verbose=False))
+    )
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not s3_storage.exists("runs/killed/checkpoint-epoch-0002/meta.json"):
+        assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint appeared"
+        time.sleep(0.2)
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    os.kill(workers[-1].pid, signal.SIGKILL)  # a real process kill, not an exception
+    thread.join(timeout=300)
+
+    summary = outcome["summary"]
+    assert summary.epochs == 8
+    starts = sorted(a["start_epoch"] for a in attempts(s3_storage, "killed"))
+    assert len(starts) == 2 and starts[0] == 0
+    assert starts[1] >= 2, "the restarted workers should continue after the last checkpoint"
+
+
+def test_rerunning_the_same_name_resumes_and_a_finished_run_returns_at_once(
+    ray_session, local_storage
+):
+    first = run_training(load_job_config("debug", ["name=again"]), local_storage, verbose=False)
+    longer = load_job_config("debug", ["name=again", "train.epochs=3"])
+    second = run_training(longer, local_storage, verbose=False)
+    third = run_training(longer, local_storage, verbose=False)
+
+    assert first.epochs == 2 and second.epochs == 3
+    assert [a["start_epoch"] for a in attempts(local_storage, "again")] == [0, 2, 3]
+    assert third.metrics["val_accuracy"] == second.metrics["val_accuracy"]
+    epochs = [k for k in local_storage.list_dirs("runs/again") if k.startswith("checkpoint-")]
+    assert epochs and max(epochs) == "checkpoint-epoch-0003"
+
+
+@pytest.mark.parametrize(
+    "preset, floor",
+    [("tabular-mlp", 0.90), ("text-transformer", 0.80)],
+)
+def test_mlp_and_transformer_beat_the_majority_class_by_far(
+    ray_session, local_storage, preset, floor
+):
+    from workloads.data import read_split
+
+    summary = run_training(load_job_config(preset), local_storage, verbose=False)
+    meta = local_storage.read_json(f"{summary.best_checkpoint_key}/meta.json")
+    _, labels = read_split(
+        meta["data_uri"], meta["input"], validation_fraction=0.2, split="validation"
+    )
+    majority = max((labels == c).mean() for c in set(labels.tolist()))
+    assert summary.metrics["val_accuracy"] >= max(floor, majority + 0.2)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}, "cannot reach the S3 endpoint"),
+        (
+            {"AWS_SECRET_ACCESS_KEY": "wrong-secret"},
+            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+        ),
+    ],
+)
+def test_storage_trouble_fails_fast_and_writes_nothing(s3_storage, monkeypatch, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(StorageError, match=message) as caught:
+        run_training(load_job_config("debug"), s3_storage, verbose=False)
+    assert "wrong-secret" not in str(caught.value)
+    monkeypatch.undo()
+    assert s3_storage.list() == []
+
+
+def test_missing_bucket_is_named_and_nothing_is_written(s3_server, s3_storage):
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
+        run_training(load_job_config("debug"), Storage("s3://no-such-bucket/x"), verbose=False)
+    assert s3_storage.list() == []

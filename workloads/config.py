@@ -1,0 +1,210 @@
+"""Typed configs for a training job: model, data, training. YAML presets overlay the defaults.
+
+    config = load_job_config("digits-cnn", ["train.epochs=5", "model.dropout=0.2"])
+
+A preset is a name in `workloads/configs/` (digits-cnn, tabular-mlp, text-transformer, debug)
+or a path to a YAML file. Overrides are `key.sub=value`, the value parsed as YAML. A wrong key
+or value raises ConfigError naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cluster.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+EMBEDDED_DATASETS = ("digits", "breast-cancer", "synthetic-tabular", "synthetic-text")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """What network to build; the input and output sizes come from the dataset."""
+
+    family: Literal["mlp", "cnn", "transformer", "custom"] = "mlp"
+    hidden_sizes: list[int] = Field(default=[128, 64], description="MLP hidden layer widths")
+    channels: list[int] = Field(default=[32, 64], description="CNN channels per conv block")
+    d_model: int = Field(default=64, gt=0, description="Transformer embedding width")
+    num_heads: int = Field(default=4, gt=0, description="Transformer attention heads")
+    num_layers: int = Field(default=2, gt=0, description="Transformer encoder layers")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="dropout probability")
+    custom_class: str | None = Field(
+        default=None, description="'package.module:Class' for family=custom"
+    )
+    custom_kwargs: dict[str, Any] = Field(default={}, description="constructor kwargs, custom")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.family == "custom" and not self.custom_class:
+            raise ValueError("family 'custom' needs custom_class: 'package.module:Class'")
+        if self.custom_class and not re.fullmatch(r"[\w.]+:\w+", self.custom_class):
+            raise ValueError(
+                f"custom_class {self.custom_class!r} must look like 'pkg.module:Class'"
+            )
+        if self.family == "transformer" and self.d_model % self.num_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads")
+        return self
+
+
+class DataConfig(_Strict):
+    """Where the examples are and which columns hold features and labels."""
+
+    dataset: str = Field(
+        default="digits",
+        description=f"an embedded dataset ({', '.join(EMBEDDED_DATASETS)}) or 'parquet'",
+    )
+    path: str | None = Field(
+        default=None,
+        description="Parquet file/dir URI for dataset=parquet (default: storage datasets/NAME)",
+    )
+    feature_columns: list[str] = Field(
+        default=["features"], description="one list-valued column, or several scalar columns"
+    )
+    label_column: str = "label"
+    rows: int = Field(default=20_000, gt=0, description="rows of synthetic-* datasets")
+    validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    normalize: bool = Field(default=True, description="standardize float features")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.dataset not in (*EMBEDDED_DATASETS, "parquet"):
+            allowed = ", ".join((*EMBEDDED_DATASETS, "parquet"))
+            raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {allowed}")
+        if self.dataset == "parquet" and not self.path:
+            raise ValueError("dataset 'parquet' needs data.path (a Parquet file or directory URI)")
+        return self
+
+
+class TrainConfig(_Strict):
+    """How to train: optimization, scale, checkpoints, faults."""
+
+    epochs: int = Field(default=10, gt=0)
+    batch_size: int = Field(default=64, gt=0, description="per-worker batch size")
+    lr: float = Field(default=1e-3, gt=0.0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    scheduler: Literal["cosine", "constant", "onecycle"] = "cosine"
+    warmup_epochs: int = Field(default=0, ge=0)
+    num_workers: int = Field(default=2, gt=0, description="Ray Train workers (DDP ranks)")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(
+        default=0.5, gt=0.0, description="fractional CPUs let small machines run several workers"
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 on GPUs that support it, else fp16; fp32 on CPU"
+    )
+    checkpoint_every: int = Field(default=1, gt=0, description="epochs between checkpoints")
+    keep_checkpoints: int = Field(default=2, gt=0, description="best-k checkpoints kept")
+    metric: Literal["val_accuracy", "val_f1_macro", "val_auc_roc", "val_loss"] = "val_accuracy"
+    max_failures: int = Field(default=2, ge=-1, description="worker-group restarts; -1: forever")
+    seed: int = 0
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        return "min" if self.metric == "val_loss" else "max"
+
+
+class JobConfig(_Strict):
+    """One training job. `name` is the run name: re-running the same name resumes it."""
+
+    name: str = "raylane"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
+            raise ValueError("use letters, digits, '.', '_' and '-' (a stable run name)")
+        return value
+
+
+Config = TypeVar("Config", bound=BaseModel)
+
+
+def presets(directory: Path = PRESET_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def read_yaml(preset_or_path: str, directory: Path = PRESET_DIR) -> dict[str, Any]:
+    """A preset name from `directory`, or a YAML file path."""
+    path = Path(preset_or_path)
+    if not path.suffix:
+        path = directory / f"{preset_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"config {preset_or_path!r} not found: pass a preset "
+            f"({', '.join(presets(directory))}) or a path to a YAML file"
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=c` overrides (value parsed as YAML) to a nested dict, in place."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {override!r} must look like key.sub=value")
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            node[leaf] = raw
+    return data
+
+
+def validate(model: type[Config], data: dict[str, Any], source: str = "config") -> Config:
+    """Build `model` from `data`, turning pydantic errors into one readable ConfigError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"invalid {source}:\n" + describe_errors(model, error)) from None
+
+
+def describe_errors(model: type[BaseModel], error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            allowed = ", ".join(_fields_at(model, item["loc"][:-1]))
+            lines.append(f"  {field}: unknown field; allowed here: {allowed}")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"  {field}: {message} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def load_job_config(preset_or_path: str, overrides: list[str] | None = None) -> JobConfig:
+    """Defaults <- preset/YAML file <- `key=value` overrides, validated."""
+    data = apply_overrides(read_yaml(preset_or_path), list(overrides or []))
+    data.setdefault("name", Path(preset_or_path).stem)
+    return validate(JobConfig, data, source=f"config {preset_or_path!r}")

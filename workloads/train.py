@@ -1,0 +1,247 @@
+"""The training driver: validate, prepare data, build a TorchTrainer, fit it.
+
+    python -m workloads.train --config digits-cnn --storage s3://raylane --num-workers 2
+    raylane train --config tabular-mlp --set train.epochs=20 --set model.dropout=0.2
+    ray job submit --working-dir . -- python -m workloads.train --config digits-cnn
+
+Checkpoints go to `<storage>/runs/<name>/checkpoint-epoch-NNNN/` and a summary to
+`<storage>/runs/<name>/summary.json`. The run name (the config's `name`, or `--name`) is
+stable: running the same name again resumes from its latest checkpoint, and a finished run
+returns at once with its results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from cluster.errors import ConfigError, RaylaneError, run_cli
+from cluster.storage import Storage
+from workloads import data
+from workloads.config import JobConfig, load_job_config, presets
+from workloads.models import build_model, count_parameters, model_spec
+
+
+@dataclass
+class TrainingSummary:
+    run_name: str
+    metrics: dict
+    best_checkpoint_key: str | None
+    best_checkpoint_uri: str | None
+    epochs: int
+    seconds: float
+
+
+def run_training(
+    config: JobConfig,
+    storage: Storage,
+    *,
+    callbacks: Sequence = (),
+    address: str | None = None,
+    verbose: bool = True,
+    runs_prefix: str = "runs",
+) -> TrainingSummary:
+    """Train `config` with Ray Train, checkpoints in `storage` under `<runs_prefix>/<name>/`.
+
+    Raises RaylaneError (with a one-line cause) on failure.
+    """
+    from ray.train import (
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
+    from ray.train.torch import TorchTrainer
+
+    from cluster.runtime import connect
+    from workloads.worker import train_loop_per_worker
+
+    started = time.monotonic()
+    storage.check()  # fail fast, before anything is written
+    info = data.resolve(config.data, storage)
+    spec = model_spec(
+        config.model,
+        input_shape=info.feature_shape,
+        num_classes=info.num_classes,
+        vocab_size=info.vocab_size,
+    )
+    parameters = count_parameters(build_model(spec))  # bad model settings fail here, not in workers
+    connect(address)
+    train_ds, validation_ds = data.load_splits(config.data, info)
+    if config.data.normalize:
+        info.normalization = data.compute_normalization(train_ds, info)
+    if verbose:
+        print(
+            f"[{config.name}] {config.model.family} ({parameters:,} parameters) on {info.uri}: "
+            f"{info.rows} rows, {info.num_classes} classes; {config.train.num_workers} workers"
+            f"{' on GPU' if config.train.use_gpu else ''}; storage {storage.uri}",
+            flush=True,
+        )
+
+    fs, root = storage.arrow_filesystem()
+    resources = {"CPU": config.train.cpus_per_worker}
+    if config.train.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "job": config.model_dump(),
+            "spec": spec,
+            "input": info.input_schema(),
+            "storage_uri": storage.uri,
+            "run_name": config.name,
+            "run_key": f"{runs_prefix}/{config.name}",
+            "fingerprint": info.fingerprint,
+            "data_uri": data.data_uri(config.data, info),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=config.train.num_workers,
+            use_gpu=config.train.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=config.name,
+            storage_path=f"{root}/{runs_prefix}",
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=config.train.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=config.train.keep_checkpoints,
+                checkpoint_score_attribute=config.train.metric,
+                checkpoint_score_order=config.train.mode,
+            ),
+            callbacks=list(callbacks) or None,
+            logging_config=LoggingConfig(log_level="WARNING"),  # our progress lines suffice
+        ),
+        datasets={"train": train_ds, "validation": validation_ds},
+        # Shard only the training set; every rank sees the whole validation set (no rows
+        # dropped to even out shards), and rank 0 evaluates it.
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = fit(trainer, config.name)
+    summary = summarize(result, config, storage, time.monotonic() - started)
+    storage.write_json(f"{runs_prefix}/{config.name}/summary.json", asdict(summary))
+    if verbose:
+        print(format_summary(summary), flush=True)
+    return summary
+
+
+def fit(trainer, name: str):
+    """trainer.fit(), with a training failure turned into one readable error."""
+    from ray.train import TrainingFailedError
+
+    try:
+        return trainer.fit()
+    except TrainingFailedError as error:
+        cause = error.__cause__ or error
+        raise RaylaneError(f"training run {name!r} failed: {_first_line(cause)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}"
+
+
+def summarize(result, config: JobConfig, storage: Storage, seconds: float) -> TrainingSummary:
+    best = None
+    if result.best_checkpoints:
+        pick = max if config.train.mode == "max" else min
+        best = pick(result.best_checkpoints, key=lambda pair: pair[1][config.train.metric])
+    metrics = dict(best[1]) if best else dict(result.metrics or {})
+    key = storage.key_from_arrow_path(best[0].path) if best else None
+    return TrainingSummary(
+        run_name=config.name,
+        metrics=_plain(metrics),
+        best_checkpoint_key=key,
+        best_checkpoint_uri=storage.uri_for(key) if key else None,
+        epochs=int((result.metrics or {}).get("epoch", metrics.get("epoch", 0))),
+        seconds=round(seconds, 1),
+    )
+
+
+def _plain(metrics: dict) -> dict:
+    return {k: (float(v) if isinstance(v, int | float) else v) for k, v in metrics.items()}
+
+
+def format_summary(summary: TrainingSummary) -> str:
+    m = summary.metrics
+    lines = [
+        f"[{summary.run_name}] finished {summary.epochs} epochs in {summary.seconds:.0f}s",
+        "  best checkpoint: " + (summary.best_checkpoint_uri or "(none)"),
+    ]
+    for key in ("epoch", "val_accuracy", "val_f1_macro", "val_auc_roc", "val_loss"):
+        if key in m:
+            lines.append(
+                f"  {key:<14} {m[key]:.4f}" if key != "epoch" else f"  best epoch     {m[key]:.0f}"
+            )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raylane train",
+        description="Train a model with Ray Train (DDP over N workers); checkpoints go to storage. "
+        "Re-running the same --name resumes from its latest checkpoint.",
+    )
+    parser.add_argument(
+        "--config",
+        default="debug",
+        help=f"preset ({', '.join(presets())}) or a YAML file (default: debug)",
+    )
+    parser.add_argument(
+        "--storage",
+        help="s3://bucket/prefix or a directory (default: $RAYLANE_STORAGE or ./artifacts)",
+    )
+    parser.add_argument("--name", help="run name (default: the config's name)")
+    parser.add_argument("--num-workers", type=int, help="training workers (train.num_workers)")
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.lr=0.01 (repeatable)",
+    )
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    parser.add_argument("--print-config", action="store_true", help="print the config and exit")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> JobConfig:
+    overrides = list(args.set)
+    if args.name:
+        overrides.append(f"name={args.name}")
+    if args.num_workers is not None:
+        overrides.append(f"train.num_workers={args.num_workers}")
+    if args.use_gpu:
+        overrides.append("train.use_gpu=true")
+    return load_job_config(args.config, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    if args.print_config:
+        print(json.dumps(config.model_dump(), indent=2))
+        return 0
+    if config.train.use_gpu:
+        _require_gpus(config, args.address)
+    run_training(config, Storage.from_uri(args.storage), address=args.address)
+    return 0
+
+
+def _require_gpus(config: JobConfig, address: str | None) -> None:
+    from cluster.runtime import cluster_resources, connect
+
+    connect(address)
+    gpus = cluster_resources().get("GPU", 0)
+    if gpus < 1:
+        raise ConfigError("train.use_gpu is set but the Ray cluster has no GPUs; drop --use-gpu")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,289 @@
+"""The per-worker training loop: the only module that calls `ray.train.*`.
+
+Ray Train runs `train_loop_per_worker` on every worker. Each epoch a worker trains on its own
+shard of the training set, evaluates its shard of the validation set, and rank 0 combines the
+predictions of all ranks into one set of metrics. Every `checkpoint_every` epochs rank 0 writes
+a checkpoint (DESIGN.md contract) that Ray Train uploads to storage; after a worker failure or
+a re-run with the same name, `ray.train.get_checkpoint()` hands back the latest one and the
+loop continues from the epoch after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import tempfile
+import time
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.data.collate_fn import NumpyBatchCollateFn
+from safetensors.torch import load_file
+
+from cluster.storage import Storage
+from workloads.checkpoint import load_train_state, save_checkpoint, unwrap
+from workloads.config import JobConfig, TrainConfig
+from workloads.data import encode_labels, prepare_features, stack_features
+from workloads.models import build_model
+from workloads.step import classification_metrics, predict_logits, train_step
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    job = JobConfig.model_validate(loop_config["job"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.manual_seed(job.train.seed)
+    # A worker owns a fraction of a core or a few cores: more torch threads than that only
+    # fight each other (seen here: a 2-thread worker on a busy 2-core machine ran 25x slower).
+    torch.set_num_threads(max(1, int(job.train.cpus_per_worker)))
+
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(build_model(loop_config["spec"]))
+    optimizer = make_optimizer(model, job.train)
+    scheduler = make_scheduler(optimizer, job.train)
+    autocast_dtype, scaler = mixed_precision(job.train.precision, device)
+    start_epoch = restore(model, optimizer, scheduler, scaler)
+    if rank == 0:
+        record_attempt(loop_config, start_epoch)
+
+    collate = Collate(loop_config["input"], device=str(device))
+    train_shard = ray.train.get_dataset_shard("train")
+    validation_set = ray.train.get_dataset_shard("validation")  # whole, see evaluate()
+    gauges = TrainingGauges(job.name) if rank == 0 else None
+
+    for epoch in range(start_epoch + 1, job.train.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        losses, samples = [], 0
+        for features, labels in train_shard.iter_torch_batches(
+            batch_size=job.train.batch_size,
+            collate_fn=collate,
+            local_shuffle_buffer_size=job.train.batch_size * 8,
+            local_shuffle_seed=epoch,
+        ):
+            losses.append(
+                train_step(
+                    model,
+                    features,
+                    labels,
+                    optimizer,
+                    scaler=scaler,
+                    autocast_dtype=autocast_dtype,
+                    device_type=device.type,
+                )
+            )
+            samples += len(labels)
+        train_seconds = time.perf_counter() - started
+        scheduler.step()
+
+        throughput = all_reduce_sum(samples, device) / max(train_seconds, 1e-9)
+        metrics = {}
+        if rank == 0:  # only rank 0's metrics reach Ray Train, Tune and the checkpoint
+            metrics = evaluate(model, validation_set, collate, autocast_dtype, device)
+        metrics |= {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "samples_per_s": throughput,
+            "epoch_s": time.perf_counter() - started,
+            "lr": scheduler.get_last_lr()[0],
+        }
+        report(metrics, loop_config, model, optimizer, scheduler, scaler, rank)
+        if gauges:
+            gauges.update(metrics)
+
+
+class Collate(NumpyBatchCollateFn):
+    """numpy batch from Ray Data -> (features, labels) tensors, normalized as in meta.json.
+
+    The same `input_schema` drives serving, so a model sees identical inputs in both places.
+    """
+
+    def __init__(self, input_schema: dict, device: str = "cpu"):
+        super().__init__()
+        self.schema = input_schema
+        self.device = device
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        features = prepare_features(
+            stack_features(batch, self.schema["feature_columns"]), self.schema
+        )
+        labels = encode_labels(batch[self.schema["label_column"]], self.schema)
+        return (
+            torch.as_tensor(features).to(self.device, non_blocking=True),
+            torch.as_tensor(labels).to(self.device, non_blocking=True),
+        )
+
+
+def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; biases and norm weights (1-D tensors) get no weight decay."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=train.lr)
+
+
+def make_scheduler(optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-epoch schedule: linear warmup, then cosine decay to 5% (or constant)."""
+
+    def factor(epoch: int) -> float:
+        if epoch < train.warmup_epochs:
+            return (epoch + 1) / (train.warmup_epochs + 1)
+        if train.scheduler == "constant":
+            return 1.0
+        span = max(train.epochs - train.warmup_epochs, 1)
+        progress = min((epoch - train.warmup_epochs) / span, 1.0)
+        if train.scheduler == "onecycle":  # triangle: up for the first third, then down
+            return min(3 * progress + 0.1, 1.0) if progress < 1 / 3 else 1.5 * (1 - progress) + 0.05
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def mixed_precision(precision: str, device: torch.device):
+    """(autocast dtype or None, GradScaler or None). Mixed precision only on CUDA."""
+    if device.type != "cuda" or precision == "fp32":
+        return None, None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16, None
+    return torch.float16, torch.amp.GradScaler("cuda")  # fp16 needs loss scaling
+
+
+def restore(model, optimizer, scheduler, scaler) -> int:
+    """Load the latest checkpoint if Ray Train has one; returns the epochs already done."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        unwrap(model).load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
+        state = load_train_state(directory) or {}
+    if "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if "rng" in state:
+        torch.set_rng_state(state["rng"])
+    return int(state.get("epoch", 0))
+
+
+def record_attempt(loop_config: dict, start_epoch: int) -> None:
+    """Leave a trace of each (re)start in storage: `<run>/attempts/<time>.json`."""
+    storage = Storage(loop_config["storage_uri"])
+    name = loop_config["run_name"]
+    stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    storage.write_json(
+        f"{loop_config['run_key']}/attempts/{stamp}.json",
+        {"start_epoch": start_epoch, "host": socket.gethostname(), "pid": os.getpid()},
+    )
+    if start_epoch:
+        print(f"[{name}] resuming from the checkpoint of epoch {start_epoch}", flush=True)
+
+
+def evaluate(model, dataset, collate, autocast_dtype, device) -> dict[str, float]:
+    """Validation metrics over the whole validation set.
+
+    The validation set is not sharded (an equal split would drop up to world_size-1 rows), and
+    the bare module runs the forward pass, so no DDP collective is involved: rank 0 alone can
+    evaluate while the other ranks wait at the next report.
+    """
+    model = unwrap(model).eval()
+    logits, labels = [], []
+    for features, target in dataset.iter_torch_batches(batch_size=512, collate_fn=collate):
+        batch_logits = predict_logits(
+            model, features, autocast_dtype=autocast_dtype, device_type=device.type
+        )
+        logits.append(batch_logits.cpu().numpy())
+        labels.append(target.cpu().numpy())
+    all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
+    metrics = classification_metrics(all_logits, all_labels, all_logits.shape[1])
+    return {f"val_{k}": v for k, v in metrics.items()}
+
+
+def all_reduce_sum(value: float, device) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return float(value)
+    tensor = torch.tensor([float(value)], device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item())
+
+
+def report(metrics, loop_config, model, optimizer, scheduler, scaler, rank: int) -> None:
+    """Report metrics every epoch; rank 0 adds a checkpoint every `checkpoint_every` epochs."""
+    job = JobConfig.model_validate(loop_config["job"])
+    epoch = metrics["epoch"]
+    due = epoch % job.train.checkpoint_every == 0 or epoch == job.train.epochs
+    with contextlib.ExitStack() as stack:
+        checkpoint = None
+        if due and rank == 0:
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="raylane-ckpt-"))
+            save_checkpoint(
+                directory,
+                model=model,
+                meta={
+                    "model": loop_config["spec"],
+                    "input": loop_config["input"],
+                    "config": loop_config["job"],
+                    "run_name": loop_config["run_name"],
+                    "data_fingerprint": loop_config["fingerprint"],
+                    "data_uri": loop_config["data_uri"],
+                    "epoch": epoch,
+                    "metrics": metrics,
+                },
+                train_state={
+                    "epoch": epoch,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                },
+            )
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(
+            metrics,
+            checkpoint=checkpoint,
+            checkpoint_dir_name=f"checkpoint-epoch-{epoch:04d}" if due else None,
+        )
+    if rank == 0:
+        print(format_progress(job, metrics), flush=True)
+
+
+def format_progress(job: JobConfig, m: dict) -> str:
+    return (
+        f"[{job.name}] epoch {m['epoch']}/{job.train.epochs}  train_loss {m['train_loss']:.4f}  "
+        f"val_loss {m['val_loss']:.4f}  val_acc {m['val_accuracy']:.4f}  "
+        f"f1 {m['val_f1_macro']:.4f}  auc {m['val_auc_roc']:.4f}  "
+        f"{m['samples_per_s']:.0f} samples/s  {m['epoch_s']:.1f}s"
+    )
+
+
+class TrainingGauges:
+    """Prometheus gauges (through Ray's metrics agent) for the dashboard."""
+
+    def __init__(self, run: str):
+        from ray.util.metrics import Gauge
+
+        self.run = run
+        self.epoch = Gauge("raylane_train_epoch", "epochs completed", tag_keys=("run",))
+        self.loss = Gauge("raylane_train_loss", "loss per split", tag_keys=("run", "split"))
+        self.accuracy = Gauge(
+            "raylane_train_val_accuracy", "validation accuracy", tag_keys=("run",)
+        )
+        self.speed = Gauge(
+            "raylane_train_samples_per_second", "training throughput", tag_keys=("run",)
+        )
+
+    def update(self, m: dict) -> None:
+        tags = {"run": self.run}
+        self.epoch.set(m["epoch"], tags)
+        self.loss.set(m["train_loss"], {**tags, "split": "train"})
+        self.loss.set(m["val_loss"], {**tags, "split": "validation"})
+        self.accuracy.set(m["val_accuracy"], tags)
+        self.speed.set(m["samples_per_s"], tags)
