@@ -1,0 +1,185 @@
+"""Load a registered model version and predict a batch: the one place where prediction happens.
+
+    raylane predict --model digits@production --input samples.json
+    echo '{"instances": [[0, 0, 5, 13, ...]]}' | raylane predict --model digits:3 --input -
+    python -m serve.predictor --model digits@production --input samples.json --storage s3://b/p
+
+    predictor = Predictor.from_registry(Registry(storage), "digits@production")
+    rows = predictor.schema.parse(instances, max_instances=256)    # validated raw rows
+    prediction = predictor.predict(rows)                           # labels + probabilities
+
+Serve replicas, `raylane predict` and the benchmarks all call this class, so one model gives
+the same answer everywhere; features go through `workloads.data.prepare_features`, the very
+function training used, so serving preprocessing cannot drift from training. No Ray here.
+The input file holds `{"instances": [...]}` or a bare list of instances (see serve/schemas.py
+for what an instance may look like); the output is the same JSON the HTTP API answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cluster.errors import DataError, run_cli
+from cluster.registry import ModelRef, Registry
+from cluster.storage import Storage
+from serve.schemas import InputSchema, extract_instances, parse_json_body
+from workloads.checkpoint import load_model
+from workloads.data import prepare_features
+
+CLI_MAX_INSTANCES = 1_000_000  # the CLI reads a local file: only memory limits it
+
+
+@dataclass(frozen=True)
+class Prediction:
+    labels: list[str]  # the most likely class name per instance
+    probabilities: np.ndarray  # (n, num_classes) float32, rows sum to 1
+
+    def __getitem__(self, rows: slice) -> Prediction:
+        return Prediction(self.labels[rows], self.probabilities[rows])
+
+
+class Predictor:
+    """A loaded model version: its network (eval mode), input schema and identity."""
+
+    def __init__(
+        self, model: torch.nn.Module, meta: dict, *, name: str, version: int, device: str = "cpu"
+    ):
+        self.model = model
+        self.meta = meta
+        self.name = name
+        self.version = int(version)
+        self.device = device
+        self.schema = InputSchema.from_meta(meta)
+        self._check_outputs()
+
+    @classmethod
+    def from_checkpoint(
+        cls, directory: str | Path, *, name: str, version: int, device: str = "cpu"
+    ) -> Predictor:
+        model, meta = load_model(directory, device=device)
+        return cls(model, meta, name=name, version=version, device=device)
+
+    @classmethod
+    def from_registry(
+        cls, registry: Registry, ref: str | ModelRef, *, device: str = "cpu"
+    ) -> Predictor:
+        """Resolve `name@alias` / `name:version` / `name` and load that version."""
+        name, version = registry.resolve(ref)
+        return cls.load_version(registry, name, version, device=device)
+
+    @classmethod
+    def load_version(
+        cls, registry: Registry, name: str, version: int, *, device: str = "cpu"
+    ) -> Predictor:
+        # The weights end up in memory; the downloaded files are not needed after loading.
+        with tempfile.TemporaryDirectory(prefix="raylane-model-") as tmp:
+            directory = registry.download(name, version, Path(tmp) / "checkpoint")
+            return cls.from_checkpoint(directory, name=name, version=version, device=device)
+
+    def predict(self, rows: np.ndarray) -> Prediction:
+        """Raw validated rows (n, prod(shape)) -> labels and probabilities."""
+        probabilities = self._probabilities(rows)
+        names = self.schema.class_names
+        return Prediction([names[i] for i in probabilities.argmax(axis=1)], probabilities)
+
+    def _probabilities(self, rows: np.ndarray) -> np.ndarray:
+        features = prepare_features(rows, self.schema.section)
+        with torch.inference_mode():
+            logits = self.model(torch.as_tensor(features, device=self.device))
+            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def predict_instances(self, instances: list, *, max_instances: int) -> dict:
+        """JSON instances -> the HTTP API's response body (RequestError for bad instances)."""
+        rows = self.schema.parse(instances, max_instances=max_instances)
+        return self.response(self.predict(rows))
+
+    def response(self, prediction: Prediction) -> dict:
+        return {
+            "predictions": prediction.labels,
+            "probabilities": prediction.probabilities.tolist(),
+            "model": self.name,
+            "version": self.version,
+        }
+
+    def describe(self) -> dict:
+        """What GET /v1/models/NAME shows: identity, input schema, training metrics."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "input": self.schema.describe(),
+            "metrics": self.meta.get("metrics", {}),
+            "run_name": self.meta.get("run_name"),
+            "family": self.meta.get("model", {}).get("family"),
+        }
+
+    def _check_outputs(self) -> None:
+        """One forward pass on zeros: the model must give one logit per class name. This also
+        warms the model up, so the first real request is not the slow one."""
+        dtype = np.dtype(self.schema.dtype)
+        rows = np.zeros((1, self.schema.size), dtype=dtype)
+        if self.schema.tokens:
+            rows[:, 0] = 1  # a sequence of only padding is legal but an odd warm-up
+        classes = len(self.schema.class_names)
+        try:
+            probabilities = self._probabilities(rows)
+        except Exception as error:  # any model code: report which version failed
+            raise DataError(
+                f"model {self.name}:{self.version} fails on an input of its own schema "
+                f"{list(self.schema.shape)}: {type(error).__name__}: {error}"
+            ) from error
+        if probabilities.shape != (1, classes):
+            raise DataError(
+                f"model {self.name}:{self.version} returns {probabilities.shape[1]} outputs "
+                f"but meta.json names {classes} classes"
+            )
+
+
+# ---------------------------------------------------------------------- raylane predict
+
+
+def read_instances(source: str) -> list:
+    """Instances from a JSON file or '-' (stdin): {"instances": [...]} or a bare list."""
+    if source == "-":
+        body = sys.stdin.buffer.read()
+    else:
+        try:
+            body = Path(source).read_bytes()
+        except OSError as error:
+            raise DataError(f"cannot read --input {source}: {error.strerror}") from None
+    return extract_instances(parse_json_body(body), allow_bare_list=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="raylane predict",
+        description="Predict with a registered model in this process (no Ray, no server).",
+    )
+    parser.add_argument("--model", required=True, help="NAME@ALIAS, NAME:VERSION or NAME")
+    parser.add_argument("--input", required=True, help="JSON file of instances, or - for stdin")
+    parser.add_argument("--storage", help="storage URI (default: $RAYLANE_STORAGE or ./artifacts)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    args = parser.parse_args(argv)
+
+    ref = ModelRef.parse(args.model)
+    instances = read_instances(args.input)  # a bad file fails before any download
+    storage = Storage.from_uri(args.storage)
+    if storage.is_s3:
+        storage.check()
+    predictor = Predictor.from_registry(Registry(storage), ref, device=args.device)
+    result = predictor.predict_instances(instances, max_instances=CLI_MAX_INSTANCES)
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,433 @@
+"""The edge of the HTTP API: request/response models, input validation, serving settings.
+
+    schema = InputSchema.from_meta(meta)                      # meta.json's "input" section
+    rows = schema.parse(parse_instances_body(body), max_instances=256)   # or RequestError
+    args = ServeArgs.model_validate({"model": "digits@production", "max_batch_size": 32})
+
+Pure: no Ray, no torch. Everything a client can get wrong is caught here, before a request
+reaches a batch, so one bad request can never fail the requests batched with it.
+
+What an instance may look like, for a model whose per-instance shape is S (meta.json
+`input.shape`, e.g. [1, 8, 8] for digits):
+- float features (images, tables): a flat list of prod(S) numbers, nested lists of exactly S,
+  or nested lists of S without its leading 1s ([8][8] for [1, 8, 8]). Numbers must be finite
+  and within float32 range; booleans, strings and null are refused. Instances may mix forms.
+- token ids (`kind: tokens`, S = [L]): a list of 1..L integers in [0, vocab_size); shorter
+  lists are padded with 0 (the padding id the Transformer masks out) at the end.
+Raw values are sent: normalization from meta.json is applied by the Predictor, exactly as in
+training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cluster.errors import ConfigError, DataError
+from cluster.registry import ModelRef
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+BODY_FORM = '{"instances": [instance, ...]}'
+
+
+class RequestError(DataError):
+    """A request the server refuses: `status_code` is the HTTP status, the message the reason."""
+
+    def __init__(self, status_code: int, message: str):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+# ---------------------------------------------------------------------- wire models (OpenAPI)
+
+
+class PredictRequest(BaseModel):
+    instances: list[Any] = Field(
+        description="Instances to classify: each a flat list of numbers, nested lists of the "
+        "model's input shape, or (token models) a list of token ids. See GET /v1/models/NAME.",
+        examples=[[[0.0] * 64]],
+    )
+
+
+class PredictResponse(BaseModel):
+    predictions: list[str] = Field(description="the most likely class name per instance")
+    probabilities: list[list[float]] = Field(description="class probabilities per instance")
+    model: str
+    version: int = Field(description="the registry version that produced these predictions")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what is wrong with the request and what was expected")
+
+
+# ---------------------------------------------------------------------- request bodies
+
+
+def parse_json_body(body: bytes) -> Any:
+    """Bytes -> JSON value, or a 400 that says where the JSON broke."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(400, f"the body is not UTF-8 text; send JSON {BODY_FORM}") from None
+    if not text.strip():
+        raise RequestError(400, f"the body is empty; send JSON {BODY_FORM}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RequestError(
+            400,
+            f"malformed JSON: {error.msg} at line {error.lineno} column {error.colno}; "
+            f"send JSON {BODY_FORM}",
+        ) from None
+    except RecursionError:
+        raise RequestError(400, "the JSON is nested too deeply to be a list of instances") from None
+
+
+def extract_instances(payload: Any, *, allow_bare_list: bool = False) -> list:
+    """The `instances` list of a request body (a bare list too, where allowed)."""
+    if allow_bare_list and isinstance(payload, list):
+        return payload
+    if not isinstance(payload, dict):
+        raise RequestError(422, f"the body is {_json_type(payload)}; expected {BODY_FORM}")
+    unknown = sorted(set(payload) - {"instances"})
+    if unknown:
+        raise RequestError(
+            422, f"unknown field(s) {', '.join(map(repr, unknown))}; expected {BODY_FORM}"
+        )
+    if "instances" not in payload:
+        raise RequestError(422, f'the field "instances" is missing; expected {BODY_FORM}')
+    instances = payload["instances"]
+    if not isinstance(instances, list):
+        raise RequestError(
+            422, f'"instances" is {_json_type(instances)}; expected a list of instances'
+        )
+    return instances
+
+
+# ---------------------------------------------------------------------- input schema
+
+
+@dataclass(frozen=True)
+class InputSchema:
+    """What one instance must look like, from a checkpoint's meta.json `input` section."""
+
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    class_names: tuple[str, ...]
+    vocab_size: int | None
+    section: dict  # the raw meta.json section, for workloads.data.prepare_features
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> InputSchema:
+        section = meta.get("input") if isinstance(meta, dict) else None
+        try:
+            shape = tuple(int(size) for size in section["shape"])
+            names = tuple(str(name) for name in section["class_names"])
+            schema = cls(
+                kind=str(section.get("kind", "tabular")),
+                shape=shape,
+                dtype=str(section["dtype"]),
+                class_names=names,
+                vocab_size=section.get("vocab_size"),
+                section=section,
+            )
+        except (TypeError, KeyError, ValueError) as error:
+            raise DataError(
+                f"meta.json has no usable 'input' section ({type(error).__name__}: {error}); "
+                "it needs shape, dtype and class_names: re-export the checkpoint"
+            ) from None
+        if schema.tokens and not schema.vocab_size:
+            raise DataError("meta.json input: a token model needs input.vocab_size")
+        return schema
+
+    @property
+    def tokens(self) -> bool:
+        return self.kind == "tokens" or np.dtype(self.dtype).kind in "iu"
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def accepted_shapes(self) -> list[tuple[int, ...]]:
+        """Per-instance shapes accepted for float inputs: S, S without leading 1s, flat."""
+        squeezed = self.shape
+        while len(squeezed) > 1 and squeezed[0] == 1:
+            squeezed = squeezed[1:]
+        return list(dict.fromkeys([self.shape, squeezed, (self.size,)]))
+
+    def expected(self) -> str:
+        """One phrase that says what an instance must be; ends every validation error."""
+        if self.tokens:
+            return (
+                f"expected a list of 1 to {self.shape[0]} integer token ids in "
+                f"[0, {self.vocab_size}) (shorter lists are padded with 0)"
+            )
+        nested = " or ".join(_shape_text(shape) for shape in self.accepted_shapes()[:-1])
+        if not nested:  # a flat schema such as [30]: the flat list is the only form
+            return f"expected a list of {self.size} numbers"
+        return f"expected a flat list of {self.size} numbers or nested lists of shape {nested}"
+
+    def describe(self) -> dict:
+        return {
+            "kind": self.kind,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "classes": list(self.class_names),
+            "vocab_size": self.vocab_size,
+            "accepts": self.expected().removeprefix("expected "),
+        }
+
+    def parse(self, instances: list, *, max_instances: int) -> np.ndarray:
+        """Validated instances -> raw rows (n, prod(shape)) in the schema's dtype."""
+        if not instances:
+            raise RequestError(422, f'"instances" is empty; send 1 to {max_instances} instances')
+        if len(instances) > max_instances:
+            raise RequestError(
+                422,
+                f"{len(instances)} instances in one request; at most {max_instances} are "
+                "accepted: split the request",
+            )
+        if self.tokens:
+            return np.stack([self._token_row(inst, i) for i, inst in enumerate(instances)])
+        rows = self._float_rows_fast(instances)
+        if rows is None:  # irregular or invalid somewhere: check one by one, name the culprit
+            rows = np.stack([self._float_row(inst, i) for i, inst in enumerate(instances)])
+        return self._check_finite(rows)
+
+    # ------------------------------------------------------------------ float features
+
+    def _float_rows_fast(self, instances: list) -> np.ndarray | None:
+        """All instances in one numpy conversion when they are regular and all numbers."""
+        try:
+            grid = np.array(instances, dtype=object)
+        except ValueError:  # ragged in a way numpy refuses even for object arrays
+            return None
+        if grid.shape[1:] not in self.accepted_shapes() or not _all_numbers(grid):
+            return None
+        return _to_float(grid, where="instances").reshape(len(grid), self.size)
+
+    def _float_row(self, instance: Any, index: int) -> np.ndarray:
+        where = f"instances[{index}]"
+        if not isinstance(instance, list):
+            raise RequestError(422, f"{where} is {_json_type(instance)}; {self.expected()}")
+        try:
+            grid = np.array(instance, dtype=object)
+        except ValueError:
+            grid = None
+        bad = None if grid is None else _first_non_number(grid)
+        if grid is None or (bad is not None and isinstance(grid[bad], list)):
+            raise RequestError(
+                422, f"{where} is ragged (nested lists of unequal lengths); {self.expected()}"
+            )
+        if bad is not None:
+            path = where + "".join(f"[{i}]" for i in bad)
+            raise RequestError(422, f"{path} is {_json_type(grid[bad])}; {self.expected()}")
+        if grid.shape not in self.accepted_shapes():
+            raise RequestError(
+                422, f"{where} has shape {_shape_text(grid.shape)}; {self.expected()}"
+            )
+        return _to_float(grid, where=where).reshape(self.size)
+
+    def _check_finite(self, rows: np.ndarray) -> np.ndarray:
+        finite = np.isfinite(rows) & (np.abs(rows) <= FLOAT32_MAX)
+        if not finite.all():
+            row, column = (int(i) for i in np.argwhere(~finite)[0])
+            raise RequestError(
+                422,
+                f"instances[{row}] holds {rows[row, column]} at flat position {column}; "
+                "expected finite numbers within float32 range (no NaN or infinity)",
+            )
+        return rows.astype(np.float32)
+
+    # ------------------------------------------------------------------ token ids
+
+    def _token_row(self, instance: Any, index: int) -> np.ndarray:
+        where, length = f"instances[{index}]", self.shape[0]
+        if not isinstance(instance, list) or not instance:
+            what = "empty" if isinstance(instance, list) else _json_type(instance)
+            raise RequestError(422, f"{where} is {what}; {self.expected()}")
+        if len(instance) > length:
+            raise RequestError(422, f"{where} has {len(instance)} tokens; {self.expected()}")
+        for position, token in enumerate(instance):
+            if type(token) is not int or not 0 <= token < self.vocab_size:
+                what = _json_type(token) if type(token) is not int else f"token id {token}"
+                raise RequestError(422, f"{where}[{position}] is {what}; {self.expected()}")
+        row = np.zeros(length, dtype=np.int64)
+        row[: len(instance)] = instance
+        return row
+
+
+def _all_numbers(grid: np.ndarray) -> bool:
+    return set(map(type, grid.flat)) <= {int, float}
+
+
+def _first_non_number(grid: np.ndarray) -> tuple[int, ...] | None:
+    """Index of the first leaf that is not a JSON number (bools are not numbers here)."""
+    if grid.ndim == 0:
+        return None if type(grid.item()) in (int, float) else ()
+    for flat, value in enumerate(grid.flat):
+        if type(value) not in (int, float):
+            return tuple(int(i) for i in np.unravel_index(flat, grid.shape))
+    return None
+
+
+def _to_float(grid: np.ndarray, *, where: str) -> np.ndarray:
+    try:
+        return grid.astype(np.float64)
+    except OverflowError:  # an integer beyond float64, e.g. 10**400
+        raise RequestError(
+            422, f"{where} holds an integer too large for a float; expected finite numbers"
+        ) from None
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def _json_type(value: Any) -> str:
+    """A value described in JSON's words, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {json.dumps(value[:32])}"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    return type(value).__name__
+
+
+# ---------------------------------------------------------------------- serving settings
+
+
+class ServeArgs(BaseModel):
+    """Arguments of `serve.app:build_app` (the `args:` of serve/config.yaml, RayService)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(description="NAME@ALIAS (follows the alias), NAME:VERSION or NAME (latest)")
+    storage: str | None = Field(
+        default=None, description="storage URI; default $RAYLANE_STORAGE or ./artifacts"
+    )
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="requests per batch")
+    batch_wait_timeout_s: float = Field(
+        default=0.01, ge=0, le=10, description="how long a batch waits to fill"
+    )
+    max_ongoing_requests: int = Field(
+        default=64, ge=1, description="requests a replica holds at once; >= max_batch_size"
+    )
+    max_queued_requests: int = Field(
+        default=-1, ge=-1, description="requests queued per caller before 503s; -1 = no limit"
+    )
+    num_replicas: int = Field(default=1, ge=1, description="fixed replicas without autoscaling")
+    autoscaling_config: dict[str, Any] | None = Field(
+        default=None,
+        description="Ray Serve autoscaling: min_replicas, max_replicas, target_ongoing_requests, "
+        "upscale_delay_s, downscale_delay_s, ...",
+    )
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs per replica (fractions allowed)")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica; > 0 serves on CUDA")
+    api_key_env: str | None = Field(
+        default="RAYLANE_API_KEY",
+        description="env var holding the API key on the replicas; unset or empty: no auth",
+    )
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="larger bodies get 413")
+    max_instances: int = Field(default=256, ge=1, description="instances per request")
+    watch_interval_s: float = Field(
+        default=10.0, ge=0, description="poll the alias this often for a new version; 0 = off"
+    )
+
+    _check_model = field_validator("model")(classmethod(lambda cls, value: _model_ref(value)))
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _check_env_name(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"api_key_env {value!r} is not an environment variable name")
+        return value or None
+
+    @field_validator("autoscaling_config")
+    @classmethod
+    def _check_autoscaling(cls, value: dict | None) -> dict | None:
+        if value is None:
+            return None
+        from ray.serve.config import AutoscalingConfig  # Ray's own rules are the final word
+
+        AutoscalingConfig(**value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> ServeArgs:
+        check_batch_fits(self.max_batch_size, self.max_ongoing_requests)
+        return self
+
+    @classmethod
+    def parse(cls, args: dict | ServeArgs) -> ServeArgs:
+        """Validate, turning pydantic's error into a ConfigError that names each field."""
+        if isinstance(args, ServeArgs):
+            return args
+        return _validated(cls, args, what="serve args")
+
+    def dynamic(self) -> dict:
+        """The settings a running replica takes through `reconfigure` (user_config)."""
+        return {key: getattr(self, key) for key in DynamicConfig.model_fields}
+
+
+class DynamicConfig(BaseModel):
+    """A deployment's `user_config`: changes reach running replicas without a restart.
+    Keys left out keep the values the replica was started with (its ServeArgs)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str | None = None
+    max_batch_size: int | None = Field(default=None, ge=1, le=4096)
+    batch_wait_timeout_s: float | None = Field(default=None, ge=0, le=10)
+    watch_interval_s: float | None = Field(default=None, ge=0)
+
+    _check_model = field_validator("model")(
+        classmethod(lambda cls, value: value if value is None else _model_ref(value))
+    )
+
+
+def _model_ref(value: str) -> str:
+    try:
+        return str(ModelRef.parse(value))
+    except ConfigError as error:
+        raise ValueError(str(error)) from None
+
+
+def check_batch_fits(max_batch_size: int, max_ongoing_requests: int) -> None:
+    if max_ongoing_requests < max_batch_size:
+        raise ValueError(
+            f"max_ongoing_requests ({max_ongoing_requests}) must be >= max_batch_size "
+            f"({max_batch_size}): a replica never holds more requests than "
+            "max_ongoing_requests, so larger batches could never fill"
+        )
+
+
+def _validated(model: type[BaseModel], values: Any, *, what: str):
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or what}: {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+        )
+        raise ConfigError(f"invalid {what}: {problems}") from None
+
+
+def parse_dynamic(values: Any) -> DynamicConfig:
+    return _validated(DynamicConfig, values or {}, what="user_config")

@@ -1,0 +1,488 @@
+"""Ray Serve end to end: a real local Ray, real HTTP, two model versions in a real registry on
+SeaweedFS. One Serve instance for the module; tests run in file order and share the app.
+
+The app autoscales 1-2 replicas with short delays, follows `digits@production` every 0.5 s,
+requires an API key and limits bodies to 64 KiB, so every behaviour is exercised on one setup.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from conftest import TEST_BUCKET
+from test_predictor import digits_checkpoint, digits_data
+
+from cluster.errors import ConfigError, NotFoundError
+from cluster.registry import Registry
+from cluster.s3server import free_port
+from cluster.storage import Storage
+from serve.predictor import Predictor
+from serve.schemas import ServeArgs
+
+CONFIG_YAML = Path(__file__).parent.parent / "serve" / "config.yaml"
+API_KEY_ENV, API_KEY = "RAYLANE_TEST_API_KEY", "test-key-" + uuid.uuid4().hex[:8]
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+PREDICT = "/v1/models/digits:predict"
+AUTOSCALING = {
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "target_ongoing_requests": 2,
+    "upscale_delay_s": 1,
+    "downscale_delay_s": 2,
+    "look_back_period_s": 2,
+    "metrics_interval_s": 0.5,  # how often the proxy reports queue lengths to the autoscaler
+}
+
+
+# ---------------------------------------------------------------------- Serve config (no Ray)
+
+
+def test_config_yaml_validates_against_ray_serve_schema():
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG_YAML.read_text()))
+    [app] = config.applications
+    assert (app.name, app.route_prefix, app.import_path) == ("raylane", "/", "serve.app:build_app")
+    args = ServeArgs.parse(app.args)  # the args are ours to validate: every field known
+    assert args.model == "digits@production" and args.max_ongoing_requests >= args.max_batch_size
+
+
+def test_build_app_turns_args_into_deployment_options():
+    from serve.app import build_app, deployment_options
+
+    args = ServeArgs.parse(
+        {"model": "digits:3", "num_cpus": 0.5, "autoscaling_config": AUTOSCALING}
+    )
+    options = deployment_options(args)
+    assert options["autoscaling_config"] == AUTOSCALING and "num_replicas" not in options
+    assert options["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0}
+    assert options["user_config"]["model"] == "digits:3"
+    assert build_app({"model": "digits@production"}) is not None
+    with pytest.raises(ConfigError, match=r"max_ongoing_requests \(4\) must be >= max_batch"):
+        build_app({"model": "digits@production", "max_ongoing_requests": 4})
+
+
+def test_raylane_serve_fails_fast_before_starting_ray(local_storage, tmp_path):
+    from serve.app import main
+
+    registry = Registry(local_storage)
+    registry.register("digits", digits_checkpoint(tmp_path / "v1", seed=1, steps=1), lineage={})
+    with pytest.raises(NotFoundError, match="has no alias 'staging'; aliases: none yet"):
+        main(["--model", "digits@staging", "--storage", local_storage.uri])
+    with pytest.raises(ConfigError, match="max_ongoing_requests \\(64\\) must be >="):
+        main(["--model", "digits:1", "--storage", local_storage.uri, "--max-batch-size", "100"])
+
+
+# ---------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def replica_environment():
+    """Set before the module's Ray starts, so its replicas inherit them: the API key (as a
+    deployment would get it from a secret) and a 1 s metrics export instead of 10 s."""
+    saved = {name: os.environ.get(name) for name in (API_KEY_ENV, "RAY_metrics_report_interval_ms")}
+    os.environ[API_KEY_ENV] = API_KEY
+    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # noqa: SIM112 (Ray reads this case)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def registry(s3_server, tmp_path_factory) -> Registry:
+    """`digits` versions 1 and 2 (different weights), production -> 1."""
+    registry = Registry(Storage(f"s3://{TEST_BUCKET}/serve-{uuid.uuid4().hex[:8]}"))
+    root = tmp_path_factory.mktemp("serve-models")
+    for seed in (1, 2):
+        registry.register(
+            "digits",
+            digits_checkpoint(root / f"v{seed}", seed=seed, steps=8 * seed),
+            lineage={"seed": seed},
+        )
+    registry.promote("digits", "production", 1)
+    return registry
+
+
+@dataclass
+class Served:
+    url: str
+    registry: Registry
+    expected: dict[int, list[dict]]  # version -> in-process answer per payload
+    payloads: list[dict]
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, registry) -> Served:
+    from ray import serve as ray_serve
+
+    from serve.app import APP_NAME, build_app
+
+    port = free_port()
+    ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {
+        "model": "digits@production",
+        "storage": registry.storage.uri,
+        "max_batch_size": 8,
+        "batch_wait_timeout_s": 0.02,
+        "max_ongoing_requests": 16,
+        "num_cpus": 0.25,
+        "api_key_env": API_KEY_ENV,
+        "max_body_bytes": 65536,
+        "max_instances": 16,
+        "watch_interval_s": 0.5,
+        "autoscaling_config": AUTOSCALING,
+    }
+    ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    features, _ = digits_data()
+    payloads = [{"instances": features[i : i + 1 + i % 2].tolist()} for i in range(24)]
+    expected = {}
+    for version in (1, 2):
+        predictor = Predictor.from_registry(registry, f"digits:{version}")
+        expected[version] = [
+            predictor.predict_instances(p["instances"], max_instances=16) for p in payloads
+        ]
+    yield Served(f"http://127.0.0.1:{port}", registry, expected, payloads)
+    ray_serve.shutdown()
+
+
+def client(served: Served, **kwargs) -> httpx.Client:
+    return httpx.Client(base_url=served.url, headers=AUTH, timeout=15, **kwargs)
+
+
+def same_answer(response: dict, expected: dict) -> bool:
+    return response["predictions"] == expected["predictions"] and np.allclose(
+        response["probabilities"], expected["probabilities"], rtol=1e-4, atol=1e-6
+    )
+
+
+@dataclass
+class Outcome:
+    at: float
+    status: int  # 0: no HTTP answer (connection reset, timeout)
+    version: int | None
+    correct: bool
+    attempts: int
+
+
+class Load:
+    """`threads` clients POST payloads in a loop until stopped (at most `limit_s`)."""
+
+    def __init__(self, served: Served, *, threads: int, retry: bool = False, limit_s: float = 25):
+        self.served, self.threads, self.retry, self.limit_s = served, threads, retry, limit_s
+        self.outcomes: list[Outcome] = []
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(threads)
+
+    def __enter__(self) -> Load:
+        self.start = time.monotonic()
+        self._futures = [self._pool.submit(self._run, n) for n in range(self.threads)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for future in self._futures:
+            future.result()
+        self._pool.shutdown()
+
+    def _run(self, worker: int) -> None:
+        with client(self.served) as http:
+            n = worker
+            while not self._stop.is_set() and time.monotonic() - self.start < self.limit_s:
+                n += self.threads
+                self.outcomes.append(self._request(http, n % len(self.served.payloads)))
+
+    def _request(self, http: httpx.Client, index: int) -> Outcome:
+        for attempt in (1, 2):
+            try:
+                response = http.post(PREDICT, json=self.served.payloads[index])
+                status = response.status_code
+            except httpx.HTTPError:
+                status = 0
+            if status == 200 or not self.retry or attempt == 2:
+                break
+        if status != 200:
+            return Outcome(time.monotonic(), status, None, False, attempt)
+        body = response.json()
+        correct = same_answer(body, self.served.expected[body["version"]][index])
+        return Outcome(time.monotonic(), status, body["version"], correct, attempt)
+
+
+def replicas(state: str = "RUNNING") -> int:
+    from ray import serve as ray_serve
+
+    app = ray_serve.status().applications.get("raylane")
+    return app.deployments["ModelServer"].replica_states.get(state, 0) if app else 0
+
+
+def wait_for(condition, *, timeout_s: float, what: str, interval_s: float = 0.25):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+# ---------------------------------------------------------------------- predictions over HTTP
+
+
+@pytest.mark.integration
+def test_http_predictions_equal_in_process_predictions(served):
+    with client(served) as http:
+        for index, payload in enumerate(served.payloads):
+            response = http.post(PREDICT, json=payload)
+            assert response.status_code == 200, response.text
+            assert response.headers["x-model-version"] == "1"
+            body = response.json()
+            assert (body["model"], body["version"]) == ("digits", 1)
+            assert same_answer(body, served.expected[1][index])
+        info = http.get("/v1/models/digits").json()
+        assert (info["version"], info["ref"]) == (1, "digits@production")
+        assert info["input"]["shape"] == [1, 8, 8] and info["input"]["classes"][9] == "9"
+        assert info["limits"] == {"max_instances": 16, "max_body_bytes": 65536}
+        assert http.get("/healthz", headers={"Authorization": ""}).json()["status"] == "ok"
+        assert PREDICT.replace("digits", "{name}") in http.get("/openapi.json").json()["paths"]
+        assert http.get("/docs").status_code == 200
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One row of the bad-request table: what is sent, the status and error text expected."""
+
+    case: str
+    status: int
+    error: str
+    body: bytes | None = b""
+    method: str = "POST"
+    path: str = PREDICT
+    headers: dict | None = None  # None: the right API key
+
+
+def instances(*rows: str) -> bytes:
+    return ('{"instances": [' + ", ".join(f"[{row}]" for row in rows) + "]}").encode()
+
+
+ZEROS = ", ".join(["0"] * 63)  # an instance is 64 numbers: ZEROS plus one more
+BAD_REQUESTS = [
+    Bad("malformed json", 400, "malformed JSON: Expecting", b'{"instances": [[0, 1'),
+    Bad("not json", 400, "malformed JSON: Expecting value", b"instances=1"),
+    Bad("empty body", 400, "the body is empty"),
+    Bad("bare list", 422, 'the body is a list; expected {"instances"', b"[[0, 1]]"),
+    Bad("unknown field", 422, "unknown field(s) 'inputs'", b'{"inputs": []}'),
+    Bad("no instances", 422, '"instances" is empty; send 1 to 16', b'{"instances": []}'),
+    Bad(
+        "too many", 422, "17 instances in one request; at most 16", instances(*[ZEROS + ", 0"] * 17)
+    ),
+    Bad(
+        "wrong shape",
+        422,
+        "instances[0] has shape [3]; expected a flat list of 64 numbers or nested lists of "
+        "shape [1, 8, 8] or [8, 8]",
+        instances("1, 2, 3"),
+    ),
+    Bad("wrong type", 422, 'instances[0][0] is the string "x"', instances('"x", ' + ZEROS)),
+    Bad("boolean", 422, "instances[0][63] is the boolean true", instances(ZEROS + ", true")),
+    Bad("nan", 422, "holds nan at flat position 0; expected finite", instances("NaN, " + ZEROS)),
+    Bad("infinity", 422, "holds inf at flat position 63", instances(ZEROS + ", Infinity")),
+    Bad("overflow", 422, "holds inf at flat position 0", instances("1e999, " + ZEROS)),
+    Bad(
+        "unknown model",
+        404,
+        "no model 'cats' here; this server serves 'digits'",
+        path="/v1/models/cats:predict",
+    ),
+    Bad("unknown model info", 404, "no model 'cats'", None, "GET", "/v1/models/cats"),
+    Bad("no api key", 401, "missing or wrong API key", headers={}),
+    Bad(
+        "wrong api key", 401, "'Authorization: Bearer <key>'", headers={"Authorization": "Bearer x"}
+    ),
+    Bad("body too large", 413, "larger than 65536 bytes", b" " * 70_000),
+    Bad("unknown route", 404, "no route GET /v2/predict; routes:", None, "GET", "/v2/predict"),
+    Bad("GET predict", 405, 'digits:predict takes POST {"instances"', None, "GET"),
+    Bad("wrong method", 405, "no route DELETE /healthz", None, "DELETE", "/healthz"),
+]
+
+
+@pytest.mark.integration
+def test_bad_requests_get_4xx_with_what_was_expected(served):
+    failures = []
+    with httpx.Client(base_url=served.url, timeout=15) as http:
+        for bad in BAD_REQUESTS:
+            headers = AUTH if bad.headers is None else bad.headers
+            response = http.request(bad.method, bad.path, headers=headers, content=bad.body)
+            error = response.json().get("error", "")
+            if response.status_code != bad.status or bad.error not in error:
+                failures.append(f"{bad.case}: {response.status_code} {response.text[:300]}")
+        assert not failures, "\n".join(failures)
+        # Nothing above hurt the replica: a good request still gets its answer.
+        good = http.post(PREDICT, json=served.payloads[0], headers=AUTH)
+        assert good.status_code == 200 and same_answer(good.json(), served.expected[1][0])
+
+
+# ---------------------------------------------------------------------- batching + metrics
+
+
+def scrape_metrics() -> str:
+    import ray
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus series' samples whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.integration
+def test_concurrent_requests_form_batches_and_are_all_correct(served):
+    with Load(served, threads=16, limit_s=4) as load:
+        time.sleep(4)
+    assert len(load.outcomes) > 50
+    assert all(o.status == 200 and o.correct for o in load.outcomes), [
+        o for o in load.outcomes if o.status != 200 or not o.correct
+    ][:5]
+    # Each replica keeps its own record; GET lands on any of them, so ask a few times.
+    seen: dict[str, dict] = {}
+    with client(served) as http:
+        for _ in range(12):
+            info = http.get("/v1/models/digits").json()
+            seen[info["replica"]] = info["stats"]
+    assert max(stats["max_batch_size_seen"] for stats in seen.values()) > 1, seen
+    assert sum(stats["requests"] for stats in seen.values()) >= len(load.outcomes)
+
+    # The same facts on Ray's metrics endpoint (Prometheus names carry a `ray_` prefix).
+    def batched_in_metrics() -> bool:
+        text = scrape_metrics()
+        batches = metric_sum(text, "ray_raylane_serve_batch_size_count", model="digits")
+        single = metric_sum(text, "ray_raylane_serve_batch_size_bucket", model="digits", le="1.0")
+        ok = metric_sum(text, "ray_raylane_serve_requests_total", code="200", version="1")
+        return batches > single > 0 and ok >= len(load.outcomes)
+
+    wait_for(batched_in_metrics, timeout_s=30, interval_s=1, what="batch metrics > 1")
+    text = scrape_metrics()
+    assert metric_sum(text, "ray_raylane_serve_requests_total", code="422") >= 1
+    assert metric_sum(text, "ray_raylane_serve_model_version", alias="production") >= 1
+    assert metric_sum(text, "ray_raylane_serve_request_latency_ms_count", model="digits") > 0
+
+
+# ---------------------------------------------------------------------- replicas
+
+
+@pytest.mark.integration
+def test_sustained_load_scales_up_to_two_replicas_and_back_down(served):
+    wait_for(lambda: replicas() == 1, timeout_s=40, what="1 replica before the load")
+    with Load(served, threads=12) as load:
+        wait_for(lambda: replicas() == 2, timeout_s=20, what="a second replica under load")
+        time.sleep(1)
+    assert load.outcomes and all(o.status == 200 and o.correct for o in load.outcomes)
+    wait_for(lambda: replicas() == 1, timeout_s=30, what="scale-down to 1 replica after the load")
+
+
+@pytest.mark.integration
+def test_killing_one_of_two_replicas_costs_at_most_one_retry(served):
+    import ray
+
+    with Load(served, threads=12, retry=True) as load:
+        wait_for(lambda: replicas() == 2, timeout_s=20, what="two replicas under load")
+        time.sleep(1)
+        victims = [
+            actor["name"]
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["name"].startswith("SERVE_REPLICA::raylane#ModelServer")
+        ]
+        assert len(victims) >= 2
+        ray.kill(ray.get_actor(victims[0], namespace="serve"), no_restart=True)
+        killed_at = time.monotonic()
+        time.sleep(5)
+    after = [o for o in load.outcomes if o.at > killed_at]
+    failed = [o for o in load.outcomes if o.status != 200]
+    assert len(after) > 20, "the surviving replica kept answering"
+    assert not failed, f"{len(failed)} requests failed even after one retry: {failed[:3]}"
+    assert all(o.correct for o in load.outcomes)
+    retried = sum(o.attempts == 2 for o in load.outcomes)
+    print(f"\nkilled {victims[0]}: {len(load.outcomes)} requests, {retried} retried once")
+
+
+# ---------------------------------------------------------------------- model updates
+
+
+@pytest.mark.integration
+def test_promotion_under_load_switches_versions_with_no_errors(served):
+    with Load(served, threads=8) as load:
+        time.sleep(2)
+        served.registry.promote("digits", "production", 2)
+        promoted_at = time.monotonic()
+
+        def all_recent_are_v2() -> bool:
+            recent = [o for o in load.outcomes if o.at > time.monotonic() - 1.5]
+            return len(recent) > 10 and all(o.version == 2 for o in recent)
+
+        wait_for(all_recent_are_v2, timeout_s=15, what="responses from version 2")
+    versions = [o.version for o in sorted(load.outcomes, key=lambda o: o.at)]
+    assert all(o.status == 200 for o in load.outcomes), {o.status for o in load.outcomes}
+    assert all(o.correct for o in load.outcomes), "a response disagreed with its named version"
+    assert versions[0] == 1 and versions[-1] == 2
+    switch = max(o.at for o in load.outcomes if o.version == 1) - promoted_at
+    print(f"\n{len(versions)} requests, last version-1 answer {switch:.2f} s after the promotion")
+    with client(served) as http:
+        assert http.get("/v1/models/digits").json()["version"] == 2
+
+
+@pytest.mark.integration
+def test_serve_config_deploy_and_user_config_reconfigure_without_restart(served):
+    """serve/config.yaml through the controller's declarative path (what `serve deploy` and
+    the dashboard's REST API call), then a user_config change: the same replica switches."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load(CONFIG_YAML.read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": int(served.url.rsplit(":", 1)[1])}
+    app = config["applications"][0]
+    app["args"].update(
+        storage=served.registry.storage.uri,
+        num_cpus=0.25,
+        api_key_env=API_KEY_ENV,
+        autoscaling_config=None,
+        watch_interval_s=0,
+    )
+    controller = _get_global_client()
+    controller.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+    with client(served) as http:
+        wait_for(
+            lambda: replicas() == 1 and replicas("STOPPING") == 0, timeout_s=30, what="1 replica"
+        )
+        before = http.get("/v1/models/digits").json()
+        assert (before["version"], before["batching"]["max_batch_size"]) == (2, 32)
+
+        app["deployments"] = [
+            {"name": "ModelServer", "user_config": {"model": "digits:1", "max_batch_size": 4}}
+        ]
+        controller.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+        wait_for(
+            lambda: http.get("/v1/models/digits").json()["version"] == 1,
+            timeout_s=20,
+            what="version 1 after reconfigure",
+        )
+        after = http.get("/v1/models/digits").json()
+        assert after["replica"] == before["replica"], "reconfigure must not restart the replica"
+        assert (after["ref"], after["batching"]["max_batch_size"]) == ("digits:1", 4)
+        response = http.post(PREDICT, json=served.payloads[3]).json()
+        assert response["version"] == 1 and same_answer(response, served.expected[1][3])
