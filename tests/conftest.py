@@ -5,12 +5,19 @@
   all see them.
 - `s3_storage` / `local_storage`: a fresh, empty Storage per test.
 - `ray_session` (module): a local Ray with 2 CPUs, shared by the tests of one module.
+- `ray_head`: a head started the way a cluster is, `ray start --head`, with token
+  authentication and the dashboard on 127.0.0.1; yields (environment, dashboard URL). Use it
+  only in modules without `ray_session`: one Ray instance at a time.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +84,34 @@ def ray_session(s3_server):
     connect(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_head(s3_server, tmp_path):
+    ray = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    # The node's `python` is this virtualenv's, as on a node where raylane is installed.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    gcs, dashboard = free_port(), free_port()
+    started = subprocess.run(
+        [
+            ray,
+            "start",
+            "--head",
+            f"--port={gcs}",
+            "--num-cpus=2",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--disable-usage-stats",
+            f"--temp-dir={tmp_path / 'ray'}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+    env["RAY_ADDRESS"] = f"127.0.0.1:{gcs}"
+    yield env, f"http://127.0.0.1:{dashboard}"
+    subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)

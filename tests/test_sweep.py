@@ -1,0 +1,89 @@
+"""Sweeps on a real local Ray and a real SeaweedFS: ASHA early stopping, registry hand-off,
+and trial errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cluster.errors import ConfigError
+from cluster.registry import Registry
+from tune.space import load_sweep_config
+from tune.sweep import run_sweep
+
+pytestmark = pytest.mark.integration
+
+
+def test_asha_sweep_stops_trials_early_and_registers_the_best(ray_session, s3_storage, tmp_path):
+    sweep = load_sweep_config("digits-sweep")
+    result = run_sweep(sweep, s3_storage, register="digits", promote="staging", plot_dir=tmp_path)
+
+    assert len(result.rows) == 8 and not result.errors
+    trained = sum(row["epochs"] for row in result.rows)
+    assert trained <= 0.6 * 8 * sweep.scheduler.max_epochs, "ASHA should stop most trials early"
+    assert any(row["status"] == "stopped early" for row in result.rows)
+
+    best = max(row["metric"] for row in result.rows if row["metric"] is not None)
+    registry = Registry(s3_storage)
+    name, version = registry.resolve("digits@staging")
+    meta = registry.describe(name, version)["meta"]
+    assert meta["metrics"]["val_accuracy"] == pytest.approx(best)
+    assert s3_storage.exists("sweeps/digits-sweep/trials.png")
+    assert (tmp_path / "digits-sweep-trials.png").stat().st_size > 10_000
+    summary = s3_storage.read_json("sweeps/digits-sweep/summary.json")
+    assert summary["registered"]["version"] == version
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAYLANE_STORAGE", s3_storage.uri)
+        fresh = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "workloads.evaluate",
+                registry_uri(s3_storage, version),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=os.environ.copy(),
+        )
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads(fresh.stdout)["metrics"]["val_accuracy"] == pytest.approx(best)
+
+
+def registry_uri(storage, version: int) -> str:
+    return storage.uri_for(Registry(storage).version_key("digits", version))
+
+
+def test_a_failing_trial_is_reported_and_the_sweep_goes_on(ray_session, local_storage, tmp_path):
+    sweep = load_sweep_config(
+        "debug-sweep",
+        [
+            "num_samples=1",
+            "space={model.d_model: {type: grid, values: [32, 30]}}",
+            "overrides=[train.num_workers=1, model.family=transformer, data.dataset=synthetic-text,"
+            " data.rows=600, model.num_heads=4, model.num_layers=1]",
+        ],
+    )
+    result = run_sweep(sweep, local_storage, plot_dir=tmp_path)
+
+    assert len(result.rows) == 2
+    assert [row["status"] for row in result.rows].count("errored") == 1
+    assert (
+        len(result.errors) == 1
+        and "d_model (30) must be divisible by num_heads" in result.errors[0]
+    )
+    assert result.best["metric"] is not None
+
+
+def test_unknown_space_key_fails_before_any_trial(local_storage):
+    sweep = load_sweep_config(
+        "debug-sweep", ["space={train.lrr: {type: uniform, low: 0, high: 1}}"]
+    )
+    with pytest.raises(ConfigError, match="space key 'train.lrr' is not a training config field"):
+        run_sweep(sweep, local_storage)

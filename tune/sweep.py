@@ -1,0 +1,280 @@
+"""Hyperparameter sweeps with Ray Tune over the training job; the best trial -> the registry.
+
+    python -m tune.sweep --config digits-sweep --storage s3://raylane --register digits \\
+        --promote production
+    raylane sweep --config digits-sweep --set num_samples=16 --set scheduler.grace_period=2
+    raylane sweep --config digits-sweep --resume        # continue an interrupted sweep
+
+Each trial is a function that builds and fits a Ray Train `TorchTrainer` (Ray 2.60's Train V2
+cannot be handed to a Tuner directly) and reports through `TuneReportCallback`. Trials ask for
+almost no CPU themselves; their Train workers ask for fractions, and `max_concurrent_trials`
+is derived from what the cluster has so a small machine never deadlocks.
+
+Sweep state lives in `<storage>/sweeps/<name>/` (Tune's experiment state plus each trial's
+Train run under `trials/`), so `--resume` restores from storage on any machine. At the end the
+summary table, `summary.json` and a plot of each trial's metric per epoch are written there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cluster.errors import ConfigError, RaylaneError, run_cli
+from cluster.storage import Storage
+from tune.report import plot_trials, summary_rows, write_summary
+from tune.space import (
+    SweepConfig,
+    base_training_config,
+    load_sweep_config,
+    trial_config,
+    tune_space,
+)
+
+TRIAL_DRIVER_CPUS = 0.01  # the trial function only waits on its Train controller
+DATA_RESERVE_CPUS = 0.5  # left free for Ray Data reads beside the training workers
+
+
+@dataclass
+class SweepResult:
+    name: str
+    best: dict  # {"trial", "metric", "config", "checkpoint_key", "epoch"}
+    rows: list[dict]
+    errors: list[str]
+    plot_uri: str | None
+    registered: dict | None = None
+
+
+def run_trial(params: dict, *, base: dict, storage_uri: str, sweep_name: str) -> None:
+    """One Tune trial: a complete Ray Train run of the sampled config."""
+    from ray import tune as ray_tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from workloads.config import JobConfig, validate
+    from workloads.train import run_training
+
+    trial_id = ray_tune.get_context().get_trial_id()
+    data = trial_config(base, params, name=f"trial-{trial_id}")
+    config = validate(JobConfig, data, source=f"trial {trial_id} config {params}")
+    storage, runs = Storage(storage_uri), f"sweeps/{sweep_name}/trials"
+    summary = run_training(
+        config, storage, callbacks=[TuneReportCallback()], verbose=False, runs_prefix=runs
+    )
+    attempts = storage.list(f"{runs}/{config.name}/attempts")
+    if attempts and storage.read_json(attempts[-1])["start_epoch"] >= config.train.epochs:
+        # A restored trial whose Train run had already finished trains and reports nothing;
+        # hand Tune the run's result so the trial completes with its metric and checkpoint.
+        checkpoint = storage.arrow_path(summary.best_checkpoint_key)
+        ray_tune.report({**summary.metrics, "checkpoint_path": checkpoint})
+
+
+def concurrency(train: dict, requested: int | None) -> int:
+    """How many trials fit side by side without starving their workers or Ray Data."""
+    from cluster.runtime import cluster_resources
+
+    resources = cluster_resources()
+    workers = train["num_workers"]
+    per_trial_cpus = workers * train["cpus_per_worker"] + TRIAL_DRIVER_CPUS
+    fits = math.floor((resources.get("CPU", 1) - DATA_RESERVE_CPUS) / per_trial_cpus)
+    if train["use_gpu"]:
+        fits = min(fits, int(resources.get("GPU", 0) // workers))
+    if fits < 1:
+        raise ConfigError(
+            f"one trial needs {per_trial_cpus:.2f} CPUs"
+            + (f" and {workers} GPUs" if train["use_gpu"] else "")
+            + f" plus {DATA_RESERVE_CPUS} for data, but the cluster has {resources.get('CPU', 0)} "
+            "CPUs: lower train.num_workers or train.cpus_per_worker"
+        )
+    return min(fits, requested) if requested else fits
+
+
+def build_tuner(sweep: SweepConfig, storage: Storage, *, resume: bool):
+    from ray import tune as ray_tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    base = base_training_config(sweep)
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(
+            run_trial, base=base, storage_uri=storage.uri, sweep_name=sweep.name
+        ),
+        {"cpu": TRIAL_DRIVER_CPUS},
+    )
+    fs, root = storage.arrow_filesystem()
+    path = f"{root}/sweeps/{sweep.name}"
+    if resume:
+        if not ray_tune.Tuner.can_restore(path, storage_filesystem=fs):
+            raise ConfigError(
+                f"no sweep {sweep.name!r} to resume in {storage.uri_for('sweeps')}; "
+                "run it without --resume first"
+            )
+        print(f"[{sweep.name}] resuming from {storage.uri_for(f'sweeps/{sweep.name}')}")
+        return ray_tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
+
+    epochs = base["train"]["epochs"]
+    max_concurrent = concurrency(base["train"], sweep.max_concurrent_trials)
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=epochs,
+            grace_period=min(sweep.scheduler.grace_period, epochs),
+            reduction_factor=sweep.scheduler.reduction_factor,
+        )
+        if sweep.scheduler.asha
+        else FIFOScheduler()
+    )
+    return ray_tune.Tuner(
+        trainable,
+        param_space=tune_space(sweep.space),
+        tune_config=ray_tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            num_samples=sweep.num_samples,
+            scheduler=scheduler,
+            search_alg=search_algorithm(sweep, max_concurrent),
+            # Random search carries its own limit (see search_algorithm).
+            max_concurrent_trials=None if sweep.search == "random" else max_concurrent,
+        ),
+        run_config=ray_tune.RunConfig(
+            name=sweep.name,
+            storage_path=f"{root}/sweeps",
+            storage_filesystem=fs,
+            failure_config=ray_tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def search_algorithm(sweep: SweepConfig, max_concurrent: int):
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if sweep.search == "random":
+        # Tune ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator: the
+        # limit has to be given here, or every trial would start at once and deadlock.
+        return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=max_concurrent)
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:
+        raise ConfigError("search 'optuna' needs `pip install raylane[optuna]`") from None
+    return OptunaSearch(seed=sweep.seed)
+
+
+def run_sweep(
+    sweep: SweepConfig,
+    storage: Storage,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    register: str | None = None,
+    promote: str | None = None,
+    plot_dir: str = ".",
+) -> SweepResult:
+    from cluster.runtime import connect
+
+    storage.check()
+    connect(address)
+    results = build_tuner(sweep, storage, resume=resume).fit()
+    rows = summary_rows(results, sweep, storage)
+    errors = [
+        f"trial {r.path.rsplit('/', 1)[-1]}: {_first_line(r.error)}"
+        for r in results
+        if r.error is not None
+    ]
+    finished = [row for row in rows if row.get("checkpoint_key")]
+    if not finished:
+        raise RaylaneError(
+            f"sweep {sweep.name!r} produced no checkpoint; trial errors:\n  " + "\n  ".join(errors)
+        )
+    best = finished[0]  # rows are sorted best first
+    plot_uri = plot_trials(results, sweep, storage, plot_dir)
+    result = SweepResult(sweep.name, best, rows, errors, plot_uri)
+    if register:
+        result.registered = register_best(storage, sweep, best, register, promote)
+    write_summary(storage, sweep, result)
+    return result
+
+
+def register_best(storage: Storage, sweep: SweepConfig, best: dict, name: str, alias: str | None):
+    from cluster.registry import Registry
+
+    registry = Registry(storage)
+    meta = storage.read_json(f"{best['checkpoint_key']}/meta.json")
+    lineage = {
+        "sweep": sweep.name,
+        "trial": best["trial"],
+        "epoch": best["epoch"],
+        "checkpoint": storage.uri_for(best["checkpoint_key"]),
+        "config": meta["config"],
+        "params": best["params"],
+        "metrics": meta["metrics"],
+        "data_fingerprint": meta.get("data_fingerprint"),
+        "data_uri": meta.get("data_uri"),
+    }
+    version = registry.register_from(name, storage, best["checkpoint_key"], lineage=lineage)
+    if alias:
+        registry.promote(name, alias, version)
+    return {"name": name, "version": version, "alias": alias}
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(error).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tune.space import SWEEP_PRESETS
+
+    presets = ", ".join(sorted(p.stem for p in SWEEP_PRESETS.glob("*.yaml")))
+    parser = argparse.ArgumentParser(
+        prog="raylane sweep",
+        description="Sweep hyperparameters with Ray Tune (ASHA early stopping); register the "
+        "best trial's checkpoint as a model version.",
+    )
+    parser.add_argument(
+        "--config", default="digits-sweep", help=f"sweep preset ({presets}) or YAML"
+    )
+    parser.add_argument(
+        "--storage",
+        help="s3://bucket/prefix or a directory (default: $RAYLANE_STORAGE or ./artifacts)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a sweep field, e.g. --set num_samples=16",
+    )
+    parser.add_argument("--resume", action="store_true", help="restore an interrupted sweep")
+    parser.add_argument("--register", metavar="NAME", help="register the best checkpoint as NAME")
+    parser.add_argument(
+        "--promote", metavar="ALIAS", help="then point ALIAS (e.g. production) at it"
+    )
+    parser.add_argument("--plot-dir", default=".", help="where to save the plot locally")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.promote and not args.register:
+        raise ConfigError("--promote needs --register NAME")
+    sweep = load_sweep_config(args.config, args.set)
+    result = run_sweep(
+        sweep,
+        Storage.from_uri(args.storage),
+        resume=args.resume,
+        address=args.address,
+        register=args.register,
+        promote=args.promote,
+        plot_dir=args.plot_dir,
+    )
+    from tune.report import format_table
+
+    print(format_table(result, sweep))
+    print(json.dumps({"best": result.best, "registered": result.registered}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
