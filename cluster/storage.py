@@ -172,7 +172,12 @@ class Storage:
         full = self._dir_key(prefix)
         keys = []
         for page in self._paginate(full, delimiter=None):
-            keys += [self._rel(obj["Key"]) for obj in page.get("Contents", [])]
+            # Keys ending in '/' are directory markers that pyarrow writes; not objects.
+            keys += [
+                self._rel(obj["Key"])
+                for obj in page.get("Contents", [])
+                if not obj["Key"].endswith("/")
+            ]
         return sorted(keys)
 
     def list_dirs(self, prefix: str = "") -> list[str]:
@@ -274,8 +279,8 @@ class Storage:
         keys = self.list(key)
         if not keys:
             raise NotFoundError(f"{self.uri_for(key)} is empty or does not exist")
-        prefix = key.strip("/") + "/"
-        self._parallel(lambda k: self._download_file(k, local_dir / k[len(prefix) :]), keys)
+        skip = len(key.strip("/") + "/") if key.strip("/") else 0
+        self._parallel(lambda k: self._download_file(k, local_dir / k[skip:]), keys)
         return local_dir
 
     def arrow_filesystem(self):
@@ -339,13 +344,14 @@ class Storage:
         return self._client
 
     def _paginate(self, prefix: str, delimiter: str | None):
+        where = self._rel(prefix.rstrip("/")) if prefix else ""
         kwargs = {"Bucket": self.bucket, "Prefix": prefix}
         if delimiter:
             kwargs["Delimiter"] = delimiter
         pages = self.client.get_paginator("list_objects_v2").paginate(**kwargs)
         iterator = iter(pages)
         while True:
-            page = self._s3_call(lambda _c: next(iterator, None), key=prefix)
+            page = self._s3_call(lambda _c: next(iterator, None), key=where)
             if page is None:
                 return
             yield page

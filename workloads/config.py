@@ -98,6 +98,9 @@ class TrainConfig(_Strict):
     cpus_per_worker: float = Field(
         default=0.5, gt=0.0, description="fractional CPUs let small machines run several workers"
     )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK", description="how workers are placed on nodes (Ray placement groups)"
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="auto: bf16 on GPUs that support it, else fp16; fp32 on CPU"
     )

@@ -103,6 +103,7 @@ def run_training(
             num_workers=config.train.num_workers,
             use_gpu=config.train.use_gpu,
             resources_per_worker=resources,
+            placement_strategy=config.train.placement_strategy,
         ),
         run_config=RunConfig(
             name=config.name,

@@ -48,8 +48,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     scheduler = make_scheduler(optimizer, job.train)
     autocast_dtype, scaler = mixed_precision(job.train.precision, device)
     start_epoch = restore(model, optimizer, scheduler, scaler)
+    nodes = gather(ray.get_runtime_context().get_node_id())
     if rank == 0:
-        record_attempt(loop_config, start_epoch)
+        record_attempt(loop_config, start_epoch, nodes)
 
     collate = Collate(loop_config["input"], device=str(device))
     train_shard = ray.train.get_dataset_shard("train")
@@ -174,14 +175,28 @@ def restore(model, optimizer, scheduler, scaler) -> int:
     return int(state.get("epoch", 0))
 
 
-def record_attempt(loop_config: dict, start_epoch: int) -> None:
+def gather(value) -> list:
+    """`value` from every rank, in rank order (small picklable values only, never weights)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def record_attempt(loop_config: dict, start_epoch: int, nodes: list[str]) -> None:
     """Leave a trace of each (re)start in storage: `<run>/attempts/<time>.json`."""
     storage = Storage(loop_config["storage_uri"])
     name = loop_config["run_name"]
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     storage.write_json(
         f"{loop_config['run_key']}/attempts/{stamp}.json",
-        {"start_epoch": start_epoch, "host": socket.gethostname(), "pid": os.getpid()},
+        {
+            "start_epoch": start_epoch,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "nodes": nodes,
+        },  # Ray node of each rank, in rank order
     )
     if start_epoch:
         print(f"[{name}] resuming from the checkpoint of epoch {start_epoch}", flush=True)
