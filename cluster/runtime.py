@@ -35,8 +35,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
         os.environ.setdefault(name, value)  # inherited by a local Ray's workers
     kwargs: dict = {"log_to_driver": True, "logging_level": logging.WARNING}
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        # Connecting to a running cluster: its workers don't inherit our environment.
+    submitted_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # set by `ray job submit`
+    if address and not submitted_job:
+        # Connecting to a running cluster: its workers don't inherit our environment. A
+        # submitted job already runs in its own runtime_env (cluster/configs/job-runtime-env.yaml)
+        # and Ray refuses a second one from the driver.
         kwargs["runtime_env"] = {"env_vars": dict(JOB_ENV_VARS)}
     else:
         kwargs["num_cpus"] = num_cpus

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -87,8 +89,10 @@ def ray_session(s3_server):
 
 
 @pytest.fixture
-def ray_head(s3_server, tmp_path):
+def ray_head(s3_server):
     ray = str(Path(sys.executable).parent / "ray")
+    # Ray's socket paths must fit in 107 bytes: pytest's tmp_path is too deep for them.
+    temp_dir = tempfile.mkdtemp(prefix="raylane-ray-", dir="/tmp")
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     # The node's `python` is this virtualenv's, as on a node where raylane is installed.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -104,7 +108,7 @@ def ray_head(s3_server, tmp_path):
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
             "--disable-usage-stats",
-            f"--temp-dir={tmp_path / 'ray'}",
+            f"--temp-dir={temp_dir}",
         ],
         env=env,
         capture_output=True,
@@ -115,3 +119,4 @@ def ray_head(s3_server, tmp_path):
     env["RAY_ADDRESS"] = f"127.0.0.1:{gcs}"
     yield env, f"http://127.0.0.1:{dashboard}"
     subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    shutil.rmtree(temp_dir, ignore_errors=True)

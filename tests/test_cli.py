@@ -63,3 +63,11 @@ def test_storage_up_is_idempotent_and_down_stops_only_its_server(tmp_path):
         down = raylane("storage", "down", *where, env=env)
     assert "stopped" in down.stdout
     assert raylane("storage", "status", *where, env=env).returncode == 1
+
+
+def test_data_prepare_writes_parquet_and_a_manifest(tmp_path):
+    result = raylane("data", "prepare", "digits", "--storage", str(tmp_path / "art"))
+    assert result.returncode == 0, result.stderr
+    assert '"rows": 1797' in result.stdout
+    files = sorted(p.name for p in (tmp_path / "art" / "datasets" / "digits").iterdir())
+    assert files == ["dataset.json", "part-00000.parquet"]

@@ -77,8 +77,8 @@ def test_training_workers_spread_over_nodes_share_only_storage(s3_server, s3_sto
     from workloads.train import run_training
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    assert cluster.head_node is not None
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    nodes = [cluster.head_node, *(cluster.add_node(num_cpus=1) for _ in range(2))]
+    node_ids = {node.node_id for node in nodes}
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     try:
@@ -93,6 +93,6 @@ def test_training_workers_spread_over_nodes_share_only_storage(s3_server, s3_sto
 
     attempt = s3_storage.read_json(s3_storage.list("runs/spread/attempts")[0])
     assert len(set(attempt["nodes"])) == 2, "each worker should run on its own node"
-    assert set(attempt["nodes"]) <= {node.node_id for node in [*nodes, cluster.head_node]}
+    assert set(attempt["nodes"]) <= node_ids
     assert summary.best_checkpoint_uri.startswith("s3://")
     assert s3_storage.exists(f"{summary.best_checkpoint_key}/model.safetensors")

@@ -21,6 +21,12 @@ from workloads.train import run_training
 pytestmark = pytest.mark.integration
 
 
+def committed_checkpoints(storage: Storage, name: str) -> str:
+    """Ray Train's own record of the checkpoints it registered (uploaded and committed)."""
+    key = f"runs/{name}/checkpoint_manager_snapshot.json"
+    return storage.read_bytes(key).decode() if storage.exists(key) else ""
+
+
 def attempts(storage: Storage, name: str) -> list[dict]:
     return [storage.read_json(k) for k in storage.list(f"runs/{name}/attempts")]
 
@@ -59,10 +65,13 @@ def test_killed_worker_resumes_from_the_latest_checkpoint(ray_session, s3_storag
     )
     thread.start()
     deadline = time.monotonic() + 120
-    while not s3_storage.exists("runs/killed/checkpoint-epoch-0002/meta.json"):
+    while "checkpoint-epoch-0002" not in committed_checkpoints(s3_storage, "killed"):
         assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint appeared"
         time.sleep(0.2)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    workers = list_actors(
+        address=ray_session.get_runtime_context().gcs_address,
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+    )
     os.kill(workers[-1].pid, signal.SIGKILL)  # a real process kill, not an exception
     thread.join(timeout=300)
 
@@ -123,7 +132,7 @@ def test_storage_trouble_fails_fast_and_writes_nothing(s3_storage, monkeypatch, 
         run_training(load_job_config("debug"), s3_storage, verbose=False)
     assert "wrong-secret" not in str(caught.value)
     monkeypatch.undo()
-    assert s3_storage.list() == []
+    assert Storage(s3_storage.uri).list() == []  # a fresh client, with the right settings
 
 
 def test_missing_bucket_is_named_and_nothing_is_written(s3_server, s3_storage):

@@ -60,6 +60,13 @@ def run_trial(params: dict, *, base: dict, storage_uri: str, sweep_name: str) ->
     data = trial_config(base, params, name=f"trial-{trial_id}")
     config = validate(JobConfig, data, source=f"trial {trial_id} config {params}")
     storage, runs = Storage(storage_uri), f"sweeps/{sweep_name}/trials"
+    if storage.exists(f"{runs}/{config.name}/summary.json"):
+        # Finished before the sweep was interrupted, but Tune had not saved that yet: hand
+        # Tune the stored result instead of starting the run again.
+        summary = storage.read_json(f"{runs}/{config.name}/summary.json")
+        checkpoint = storage.arrow_path(summary["best_checkpoint_key"])
+        ray_tune.report({**summary["metrics"], "checkpoint_path": checkpoint})
+        return
     summary = run_training(
         config, storage, callbacks=[TuneReportCallback()], verbose=False, runs_prefix=runs
     )
