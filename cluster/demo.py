@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
 from collections.abc import Sequence
 
 from cluster.errors import run_cli
@@ -29,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from cluster.pipeline import run_pipeline
 
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the finally below still stops what we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server = S3Server(DEMO_DIR, port=free_port(), bucket="raylane")
     print(f"starting a local S3 server (SeaweedFS) in {server.data_dir}", flush=True)
     os.environ.update(server.start())

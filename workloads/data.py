@@ -315,6 +315,10 @@ def load_splits(config: DataConfig, info: DatasetInfo):
     """(train, validation) Ray Datasets, split by a hash of each row's features."""
     import ray.data
 
+    # Ray 2.60's default Parquet reader lists files in a task that asks for a whole CPU. Beside
+    # fractional training workers and concurrent trials that CPU may never be free (seen here:
+    # a sweep hung with 0.98 CPUs idle), so read with the reader whose tasks take our share.
+    ray.data.DataContext.get_current().use_datasource_v2 = False
     source = Storage.from_uri(data_uri(config, info))
     fs, path = source.arrow_filesystem()
     columns = [*info.feature_columns, info.label_column]
