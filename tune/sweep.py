@@ -33,9 +33,15 @@ from tune.space import (
     trial_config,
     tune_space,
 )
+from workloads.config import JobConfig
+from workloads.train import prepare_data
 
 TRIAL_DRIVER_CPUS = 0.01  # the trial function only waits on its Train controller
-DATA_RESERVE_CPUS = 0.5  # left free for Ray Data reads beside the training workers
+# Left free beside the trials' workers. Ray Data iterating prepared datasets needs little;
+# reading Parquet inside trials runs tasks that ask for a whole CPU (Ray 2.60), so a sweep
+# over data.* fields, where every trial reads its own data, keeps a whole CPU free.
+SHARED_DATA_RESERVE_CPUS = 0.5
+OWN_DATA_RESERVE_CPUS = 1.0
 
 
 @dataclass
@@ -48,7 +54,9 @@ class SweepResult:
     registered: dict | None = None
 
 
-def run_trial(params: dict, *, base: dict, storage_uri: str, sweep_name: str) -> None:
+def run_trial(
+    params: dict, *, base: dict, storage_uri: str, sweep_name: str, prepared=None
+) -> None:
     """One Tune trial: a complete Ray Train run of the sampled config."""
     from ray import tune as ray_tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -68,7 +76,12 @@ def run_trial(params: dict, *, base: dict, storage_uri: str, sweep_name: str) ->
         ray_tune.report({**summary["metrics"], "checkpoint_path": checkpoint})
         return
     summary = run_training(
-        config, storage, callbacks=[TuneReportCallback()], verbose=False, runs_prefix=runs
+        config,
+        storage,
+        callbacks=[TuneReportCallback()],
+        verbose=False,
+        runs_prefix=runs,
+        prepared=prepared,
     )
     attempts = storage.list(f"{runs}/{config.name}/attempts")
     if attempts and storage.read_json(attempts[-1])["start_epoch"] >= config.train.epochs:
@@ -78,21 +91,22 @@ def run_trial(params: dict, *, base: dict, storage_uri: str, sweep_name: str) ->
         ray_tune.report({**summary.metrics, "checkpoint_path": checkpoint})
 
 
-def concurrency(train: dict, requested: int | None) -> int:
+def concurrency(train: dict, requested: int | None, *, shared_data: bool) -> int:
     """How many trials fit side by side without starving their workers or Ray Data."""
     from cluster.runtime import cluster_resources
 
     resources = cluster_resources()
     workers = train["num_workers"]
     per_trial_cpus = workers * train["cpus_per_worker"] + TRIAL_DRIVER_CPUS
-    fits = math.floor((resources.get("CPU", 1) - DATA_RESERVE_CPUS) / per_trial_cpus)
+    reserve = SHARED_DATA_RESERVE_CPUS if shared_data else OWN_DATA_RESERVE_CPUS
+    fits = math.floor((resources.get("CPU", 1) - reserve) / per_trial_cpus)
     if train["use_gpu"]:
         fits = min(fits, int(resources.get("GPU", 0) // workers))
     if fits < 1:
         raise ConfigError(
             f"one trial needs {per_trial_cpus:.2f} CPUs"
             + (f" and {workers} GPUs" if train["use_gpu"] else "")
-            + f" plus {DATA_RESERVE_CPUS} for data, but the cluster has {resources.get('CPU', 0)} "
+            + f" plus {reserve} for data, but the cluster has {resources.get('CPU', 0)} "
             "CPUs: lower train.num_workers or train.cpus_per_worker"
         )
     return min(fits, requested) if requested else fits
@@ -103,9 +117,16 @@ def build_tuner(sweep: SweepConfig, storage: Storage, *, resume: bool):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     base = base_training_config(sweep)
+    # Read and split the data once for every trial, unless the sweep varies the data itself.
+    shared_data = not any(key.startswith("data.") for key in sweep.space)
+    prepared = prepare_data(JobConfig.model_validate(base), storage) if shared_data else None
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(
-            run_trial, base=base, storage_uri=storage.uri, sweep_name=sweep.name
+            run_trial,
+            base=base,
+            storage_uri=storage.uri,
+            sweep_name=sweep.name,
+            prepared=prepared,
         ),
         {"cpu": TRIAL_DRIVER_CPUS},
     )
@@ -121,7 +142,9 @@ def build_tuner(sweep: SweepConfig, storage: Storage, *, resume: bool):
         return ray_tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
 
     epochs = base["train"]["epochs"]
-    max_concurrent = concurrency(base["train"], sweep.max_concurrent_trials)
+    max_concurrent = concurrency(
+        base["train"], sweep.max_concurrent_trials, shared_data=shared_data
+    )
     scheduler = (
         ASHAScheduler(
             time_attr="training_iteration",

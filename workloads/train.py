@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from cluster.errors import ConfigError, RaylaneError, run_cli
 from cluster.storage import Storage
@@ -43,10 +44,12 @@ def run_training(
     address: str | None = None,
     verbose: bool = True,
     runs_prefix: str = "runs",
+    prepared: PreparedData | None = None,
 ) -> TrainingSummary:
     """Train `config` with Ray Train, checkpoints in `storage` under `<runs_prefix>/<name>/`.
 
-    Raises RaylaneError (with a one-line cause) on failure.
+    `prepared` hands in datasets already read and split (a sweep reads them once for all
+    trials). Raises RaylaneError (with a one-line cause) on failure.
     """
     from ray.train import (
         CheckpointConfig,
@@ -63,7 +66,7 @@ def run_training(
 
     started = time.monotonic()
     storage.check()  # fail fast, before anything is written
-    info = data.resolve(config.data, storage)
+    info = prepared.info if prepared else data.resolve(config.data, storage)
     spec = model_spec(
         config.model,
         input_shape=info.feature_shape,
@@ -72,9 +75,8 @@ def run_training(
     )
     parameters = count_parameters(build_model(spec))  # bad model settings fail here, not in workers
     connect(address)
-    train_ds, validation_ds = data.load_splits(config.data, info)
-    if config.data.normalize:
-        info.normalization = data.compute_normalization(train_ds, info)
+    prepared = prepared or prepare_data(config, storage, info)
+    info, train_ds, validation_ds = prepared.info, prepared.train, prepared.validation
     if verbose:
         print(
             f"[{config.name}] {config.model.family} ({parameters:,} parameters) on {info.uri}: "
@@ -129,6 +131,26 @@ def run_training(
     if verbose:
         print(format_summary(summary), flush=True)
     return summary
+
+
+@dataclass
+class PreparedData:
+    """A dataset read, split and measured once: its facts and two Ray Datasets."""
+
+    info: data.DatasetInfo
+    train: Any
+    validation: Any
+
+
+def prepare_data(
+    config: JobConfig, storage: Storage, info: data.DatasetInfo | None = None
+) -> PreparedData:
+    """Read and split the configured dataset with Ray Data; normalization from the train split."""
+    info = info or data.resolve(config.data, storage)
+    train, validation = data.load_splits(config.data, info)
+    if config.data.normalize:
+        info.normalization = data.compute_normalization(train, info)
+    return PreparedData(info, train, validation)
 
 
 def fit(trainer, name: str):
