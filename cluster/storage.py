@@ -31,21 +31,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from cluster import s3
 from cluster.errors import NotFoundError, StorageError
+from cluster.s3 import make_client, region, s3_endpoint, transfer_config, translate_s3_error
 
 DEFAULT_URI = "./artifacts"
 ENV_STORAGE = "RAYLANE_STORAGE"
-CONNECT_TIMEOUT_S = 3.0
-READ_TIMEOUT_S = 20.0
-
-
-def s3_endpoint() -> str | None:
-    """The custom S3 endpoint from the environment, if any (MinIO, SeaweedFS, ...)."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-
-
-def _region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 class Storage:
@@ -291,9 +282,9 @@ class Storage:
             self.local_root.mkdir(parents=True, exist_ok=True)
             return pafs.LocalFileSystem(), str(self.local_root)
         options: dict[str, Any] = {
-            "region": _region(),
-            "connect_timeout": CONNECT_TIMEOUT_S,
-            "request_timeout": READ_TIMEOUT_S,
+            "region": region(),
+            "connect_timeout": s3.CONNECT_TIMEOUT_S,
+            "request_timeout": s3.READ_TIMEOUT_S,
             "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
         }
         endpoint = s3_endpoint()
@@ -340,7 +331,7 @@ class Storage:
     @property
     def client(self):
         if self._client is None:
-            self._client = _make_client()
+            self._client = make_client()
         return self._client
 
     def _paginate(self, prefix: str, delimiter: str | None):
@@ -384,7 +375,9 @@ class Storage:
             os.replace(tmp, target)
             return
         self._s3_call(
-            lambda c: c.upload_file(str(path), self.bucket, self._key(key), Config=_transfer()),
+            lambda c: c.upload_file(
+                str(path), self.bucket, self._key(key), Config=transfer_config()
+            ),
             key=key,
         )
 
@@ -394,7 +387,9 @@ class Storage:
             shutil.copyfile(self._local(key), target)
             return
         self._s3_call(
-            lambda c: c.download_file(self.bucket, self._key(key), str(target), Config=_transfer()),
+            lambda c: c.download_file(
+                self.bucket, self._key(key), str(target), Config=transfer_config()
+            ),
             key=key,
         )
 
@@ -417,86 +412,6 @@ class Storage:
 
     def _translate(self, error: Exception, key: str) -> StorageError:
         return translate_s3_error(error, bucket=self.bucket, where=self.uri_for(key))
-
-
-def translate_s3_error(error: Exception, *, bucket: str | None, where: str) -> StorageError:
-    """Turn a boto3/botocore exception into a StorageError that says what to fix."""
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import (
-        ClientError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        NoCredentialsError,
-        PartialCredentialsError,
-        ReadTimeoutError,
-    )
-
-    endpoint = s3_endpoint() or "AWS S3"
-    if isinstance(error, NoCredentialsError | PartialCredentialsError):
-        return StorageError(
-            f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-            "(or AWS_PROFILE) in the environment"
-        )
-    if isinstance(error, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError):
-        return StorageError(
-            f"cannot reach the S3 endpoint {endpoint} for {where}; is the server running? "
-            "Check AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (`raylane storage up` starts a local one)"
-        )
-    if isinstance(error, S3UploadFailedError):
-        # upload_file wraps the real ClientError's text; classify by that text.
-        text = str(error)
-        for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "NoSuchBucket"):
-            if code in text:
-                return _client_error(code, 0, bucket=bucket, where=where, endpoint=endpoint)
-        return StorageError(f"upload to {where} failed: {text}")
-    if isinstance(error, ClientError):
-        code = error.response.get("Error", {}).get("Code", "")
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return _client_error(code, status, bucket=bucket, where=where, endpoint=endpoint)
-    return StorageError(f"S3 request for {where} failed: {type(error).__name__}: {error}")
-
-
-def _client_error(code: str, status: int, *, bucket, where, endpoint) -> StorageError:
-    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
-        return StorageError(
-            f"S3 at {endpoint} rejected the credentials ({code}) for {where}: check "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-        )
-    if code in ("AccessDenied", "Forbidden") or status == 403:
-        return StorageError(
-            f"access denied to {where} at {endpoint}: the credentials are wrong or lack "
-            "permission; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy"
-        )
-    if code == "NoSuchBucket":
-        return StorageError(
-            f"bucket {bucket!r} does not exist at {endpoint}: create it first "
-            "(`raylane storage up` creates one locally) or fix the storage URI"
-        )
-    if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-        return NotFoundError(f"{where} does not exist")
-    return StorageError(f"S3 at {endpoint} refused the request for {where}: {code} ({status})")
-
-
-def _make_client():
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        connect_timeout=CONNECT_TIMEOUT_S,
-        read_timeout=READ_TIMEOUT_S,
-        retries={"max_attempts": 2, "mode": "standard"},
-        max_pool_connections=32,
-        # SeaweedFS and MinIO want path-style addressing; AWS accepts it too.
-        s3={"addressing_style": "path"} if s3_endpoint() else {},
-    )
-    session = boto3.session.Session()
-    return session.client("s3", region_name=_region(), endpoint_url=s3_endpoint(), config=config)
-
-
-def _transfer():
-    from boto3.s3.transfer import TransferConfig
-
-    return TransferConfig(multipart_threshold=64 * 2**20, max_concurrency=8)
 
 
 def _parse(uri: str) -> tuple[str, str | None, str, Path | None]:
