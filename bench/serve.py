@@ -1,0 +1,345 @@
+"""Serving: raylane's Ray Serve app against the same Predictor behind plain FastAPI, and against
+the raw in-process batched forward pass (the limit).
+
+    python -m bench.serve            # about 3 minutes on 2 cores; writes bench/results/serve.json
+    python -m bench.serve --quick    # a smoke-sized run
+
+The model is an MLP with hidden sizes [1024, 1024, 1024] on 64 features (random weights, saved
+as a raylane checkpoint and registered): a forward pass of about a millisecond for one row,
+so batching has something to win. Every server gets one core's worth: the Serve replica
+`num_cpus=1`, uvicorn one worker; each uses one torch thread. Contenders, in this order:
+
+- raw: `Predictor.predict` on batches of `max_batch_size` rows in this process; rows/s is the
+  most requests/s any server of one-row requests could answer;
+- FastAPI: `bench/plain_server.py` under uvicorn, no Ray;
+- raylane Serve with batching (`max_batch_size` 32) and without (`max_batch_size` 1),
+  through Serve's HTTP proxy (the default);
+- raylane Serve with batching in Serve's throughput-optimized mode
+  (RAY_SERVE_THROUGHPUT_OPTIMIZED=1), requests sent to the replica's direct-ingress port, as
+  an HAProxy in front of the replicas would (full run only).
+
+The load generator (`bench/loadgen.py`) is a separate process outside Ray: closed loops at
+fixed concurrency levels, then an open loop at a fixed offered rate. Every request carries
+one instance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import (
+    RESULTS_DIR,
+    Result,
+    bench_storage,
+    equal_priority,
+    markdown_table,
+    start_ray,
+)
+
+MODEL_NAME = "bench-mlp"
+HIDDEN, FEATURES, CLASSES = [1024, 1024, 1024], 64, 10
+MAX_BATCH_SIZE = 32
+HOST = "127.0.0.1"
+
+
+def register_model(storage) -> str:
+    """A random-weight MLP saved as a raylane checkpoint and registered; returns NAME:VERSION."""
+    from cluster.registry import Registry
+    from workloads.checkpoint import save_checkpoint
+    from workloads.config import ModelConfig
+    from workloads.models import build_model, model_spec
+
+    config = ModelConfig(family="mlp", hidden_sizes=HIDDEN, dropout=0.0)
+    spec = model_spec(config, input_shape=[FEATURES], num_classes=CLASSES)
+    torch.manual_seed(0)
+    meta = {
+        "model": spec,
+        "input": {
+            "kind": "tabular",
+            "shape": [FEATURES],
+            "dtype": "float32",
+            "class_names": [f"class_{i}" for i in range(CLASSES)],
+            "vocab_size": None,
+            "normalization": None,
+            "feature_columns": ["features"],
+            "label_column": "label",
+            "label_encoding": "index",
+        },
+        "run_name": "bench-serve",
+        "epoch": 0,
+        "metrics": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(tmp, model=build_model(spec), meta=meta)
+        version = Registry(storage).register(MODEL_NAME, tmp, lineage={"source": "bench.serve"})
+    return f"{MODEL_NAME}:{version}"
+
+
+def raw_forward(storage, ref: str, *, batch: int, seconds: float) -> float:
+    """Rows/s of Predictor.predict on `batch`-row inputs, one torch thread, in this process."""
+    from cluster.registry import Registry
+    from serve.predictor import Predictor
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        predictor = Predictor.from_registry(Registry(storage), ref)
+        rows = np.random.default_rng(0).normal(size=(batch, FEATURES)).astype(np.float32)
+        for _ in range(5):
+            predictor.predict(rows)
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            predictor.predict(rows)
+            done += batch
+        return done / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def load(url: str, *, levels: list[int], rate: float, duration: float, warmup: float) -> list:
+    """Run bench.loadgen in its own process against `url`."""
+    body = {"instances": [np.random.default_rng(1).normal(size=FEATURES).round(4).tolist()]}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(body, f)
+    try:
+        command = [
+            sys.executable, "-m", "bench.loadgen", "--url", url, "--body-file", f.name,
+            "--concurrency", ",".join(map(str, levels)), "--rate", str(rate),
+            "--duration", str(duration), "--warmup", str(warmup),
+        ]  # fmt: skip
+        budget = (len(levels) + 1) * (duration + warmup) + 120
+        out = subprocess.run(command, capture_output=True, text=True, timeout=budget, check=True)
+        return json.loads(out.stdout)
+    finally:
+        os.unlink(f.name)
+
+
+def wait_http(url: str, timeout_s: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+@contextlib.contextmanager
+def plain_fastapi(storage, ref: str):
+    """uvicorn running bench.plain_server with one worker; yields its predict URL."""
+    from cluster.s3server import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "RAYLANE_BENCH_MODEL": ref,
+        "RAYLANE_STORAGE": storage.uri,
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable, "-m", "uvicorn", "bench.plain_server:app", "--host", HOST,
+        "--port", str(port), "--workers", "1", "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, env=env)
+    try:
+        wait_http(f"http://{HOST}:{port}/healthz")
+        yield f"http://{HOST}:{port}/v1/models/{MODEL_NAME}:predict"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def raylane_serve(storage, ref: str, port: int, *, max_batch_size: int):
+    """raylane's Serve app (serve.app.build_app) on the running Serve instance; yields the
+    predict URL on `port` (the proxy's, or the replica's own in direct-ingress mode)."""
+    from ray import serve as ray_serve
+
+    from serve.app import APP_NAME, build_app
+    from serve.schemas import ServeArgs
+
+    args = ServeArgs(
+        model=ref,
+        storage=storage.uri,
+        max_batch_size=max_batch_size,
+        max_ongoing_requests=64,
+        num_cpus=1,
+        num_replicas=1,
+        api_key_env=None,
+        watch_interval_s=0,
+    )
+    ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    try:
+        wait_http(f"http://{HOST}:{port}/healthz")
+        yield f"http://{HOST}:{port}/v1/models/{MODEL_NAME}:predict"
+    finally:
+        ray_serve.delete(APP_NAME)
+
+
+def serve_loads(storage, ref: str, variants: dict[str, int], options: dict, *,
+                direct_port: int | None = None) -> dict:  # fmt: skip
+    """Start Ray and Serve, load each variant (label -> max_batch_size) in turn."""
+    from ray import serve as ray_serve
+
+    from cluster.s3server import free_port
+
+    start_ray()
+    proxy_port = free_port()
+    ray_serve.start(http_options={"host": HOST, "port": proxy_port})
+    measured = {}
+    try:
+        for label, batch in variants.items():
+            print(f"[serve] raylane Serve, {label.replace('_', ' ')} ...", flush=True)
+            port = direct_port or proxy_port
+            with raylane_serve(storage, ref, port, max_batch_size=batch) as url:
+                measured[label] = load(url, **options)
+    finally:
+        ray_serve.shutdown()
+    return measured
+
+
+def direct_ingress_loads(storage, ref: str, options: dict) -> dict:
+    """The batching variant under Serve's throughput-optimized mode, in a fresh process (the
+    mode is read from the environment when Ray starts): its direct ingress has the replica
+    answer HTTP on its own port, the way an HAProxy in front of the replicas reaches them.
+    The replica's port is the first of the range we give it."""
+    from cluster.s3server import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 100),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "direct.json"
+        request = {"storage": storage.uri, "ref": ref, "port": port, "options": options}
+        command = [sys.executable, "-m", "bench.serve", "--direct-ingress", json.dumps(request),
+                   "--out", str(out)]  # fmt: skip
+        subprocess.run(command, env=env, check=True, timeout=300)
+        return json.loads(out.read_text())
+
+
+def at(levels: list[dict], **where) -> dict:
+    return next(x for x in levels if all(x.get(k) == v for k, v in where.items()))
+
+
+def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
+    levels = [1, 4] if quick else [1, 8, 32]
+    top = levels[-1]
+    rate = 20.0 if quick else 100.0
+    duration, warmup = (0.5, 0.2) if quick else (4.0, 1.0)
+    result = Result("serve", quick=quick)
+    result.settings = {
+        "model": f"MLP {HIDDEN} on {FEATURES} features, {CLASSES} classes, random weights",
+        "instances_per_request": 1,
+        "max_batch_size": MAX_BATCH_SIZE,
+        "cpus_per_server": 1,
+        "closed_loop_concurrency": levels,
+        "open_loop_rate": rate,
+        "seconds_per_level": duration,
+    }
+    measured: dict = {}
+    with bench_storage("serve") as storage:
+        ref = register_model(storage)
+        print("[serve] raw batched forward ...", flush=True)
+        raw = raw_forward(storage, ref, batch=MAX_BATCH_SIZE, seconds=0.3 if quick else 4.0)
+        raw_single = raw_forward(storage, ref, batch=1, seconds=0.3 if quick else 2.0)
+        measured["raw_rows_per_s"] = {f"batch {MAX_BATCH_SIZE}": raw, "batch 1": raw_single}
+
+        options = dict(levels=levels, rate=rate, duration=duration, warmup=warmup)  # noqa: C408
+        print("[serve] plain FastAPI + uvicorn ...", flush=True)
+        with plain_fastapi(storage, ref) as url:
+            measured["fastapi"] = load(url, **options)
+        variants = {"batching": MAX_BATCH_SIZE, "no_batching": 1}
+        measured |= serve_loads(storage, ref, variants, options)
+        if not quick:
+            print("[serve] raylane Serve, throughput-optimized (direct ingress) ...", flush=True)
+            measured |= direct_ingress_loads(storage, ref, options)
+
+    result.measurements = measured
+    fastapi = at(measured["fastapi"], concurrency=top)["requests_per_s"]
+    for label, name in (("batching", "Serve (batching)"), ("direct_batching", "Serve direct "
+                        "ingress (batching)")):  # fmt: skip
+        if label not in measured:
+            continue
+        served = at(measured[label], concurrency=top)["requests_per_s"]
+        result.ratio(
+            f"serve_{label}_vs_fastapi",
+            f"requests/s at concurrency {top}: {name} vs plain FastAPI",
+            raylane=served,
+            baseline=fastapi,
+            unit="req/s",
+            goal=">= 1.0",
+        )
+        result.ratio(
+            f"serve_{label}_vs_raw_forward",
+            f"requests/s at concurrency {top}: {name} vs raw batched forward",
+            raylane=served,
+            baseline=raw,
+            unit="req/s",
+            goal=">= 0.7",
+        )
+    result.ratio(
+        "serve_no_batching_vs_fastapi",
+        f"requests/s at concurrency {top}: Serve (no batching) vs plain FastAPI",
+        raylane=at(measured["no_batching"], concurrency=top)["requests_per_s"],
+        baseline=fastapi,
+        unit="req/s",
+    )
+    result.ratio(
+        "serve_latency_c1",
+        "p50 latency at concurrency 1: Serve (batching) vs plain FastAPI",
+        raylane=at(measured["batching"], concurrency=1)["p50_ms"],
+        baseline=at(measured["fastapi"], concurrency=1)["p50_ms"],
+        unit="ms",
+    )
+    result.ratio(
+        "serve_open_loop_p99",
+        f"p99 latency, open loop at {rate:.0f} req/s: Serve (batching) vs plain FastAPI",
+        raylane=at(measured["batching"], mode="open")["p99_ms"],
+        baseline=at(measured["fastapi"], mode="open")["p99_ms"],
+        unit="ms",
+    )
+    result.write(out_dir)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smoke-sized run")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where to write serve.json")
+    parser.add_argument("--direct-ingress", metavar="JSON", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    equal_priority()
+    if args.direct_ingress:  # the child process of direct_ingress_loads
+        from cluster.storage import Storage
+
+        request = json.loads(args.direct_ingress)
+        measured = serve_loads(Storage(request["storage"]), request["ref"],
+                               {"direct_batching": MAX_BATCH_SIZE}, request["options"],
+                               direct_port=request["port"])  # fmt: skip
+        args.out.write_text(json.dumps(measured))
+        return 0
+    result = run(quick=args.quick, out_dir=args.out)
+    print(markdown_table([asdict(result)]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
