@@ -42,7 +42,8 @@ def sweep_config(*, quick: bool, asha: bool, tag: str):
     from tune.space import load_sweep_config
 
     if quick:
-        preset, overrides = "debug-sweep", ["num_samples=2", "scheduler.max_epochs=2"]
+        # One trial each: a trial's ~30 s of start-up is most of a smoke test's budget.
+        preset, overrides = "debug-sweep", ["num_samples=1", "scheduler.max_epochs=2"]
     else:  # six trials of six epochs: three waves of two trials on 2 cores
         preset, overrides = "digits-sweep", ["num_samples=6", "scheduler.max_epochs=6"]
     return load_sweep_config(
