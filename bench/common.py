@@ -224,3 +224,18 @@ def machine_line(info: dict) -> str:
         f"Python {info['python']}, torch {info['torch']}, Ray {info['ray']}; "
         f"load average at start {load}"
     )
+
+
+def bench_main(name: str, run, doc: str | None, argv=None) -> int:
+    """The command line every benchmark module shares: --quick, --out, then a Markdown table."""
+    import argparse
+    from dataclasses import asdict
+
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc)
+    parser.add_argument("--quick", action="store_true", help="smoke-sized run")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"where to write {name}.json")
+    args = parser.parse_args(argv)
+    equal_priority()
+    result = run(quick=args.quick, out_dir=args.out)
+    print(markdown_table([asdict(result)]))
+    return 0

@@ -25,7 +25,6 @@ one instance.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -33,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +40,8 @@ import torch
 from bench.common import (
     RESULTS_DIR,
     Result,
+    bench_main,
     bench_storage,
-    equal_priority,
-    markdown_table,
     start_ray,
 )
 
@@ -321,24 +318,7 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smoke-sized run")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where to write serve.json")
-    parser.add_argument("--direct-ingress", metavar="JSON", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    equal_priority()
-    if args.direct_ingress:  # the child process of direct_ingress_loads
-        from cluster.storage import Storage
-
-        request = json.loads(args.direct_ingress)
-        measured = serve_loads(Storage(request["storage"]), request["ref"],
-                               {"direct_batching": MAX_BATCH_SIZE}, request["options"],
-                               direct_port=request["port"])  # fmt: skip
-        args.out.write_text(json.dumps(measured))
-        return 0
-    result = run(quick=args.quick, out_dir=args.out)
-    print(markdown_table([asdict(result)]))
-    return 0
+    return bench_main("serve", run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -18,16 +18,14 @@ Each transfer runs REPEATS times, contenders interleaved; the median counts.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS_DIR, Result, bench_storage, equal_priority, markdown_table, median
+from bench.common import RESULTS_DIR, Result, bench_main, bench_storage, median
 
 REPEATS = 3
 
@@ -190,14 +188,7 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.storage", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smoke-sized run")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where to write storage.json")
-    args = parser.parse_args(argv)
-    equal_priority()
-    result = run(quick=args.quick, out_dir=args.out)
-    print(markdown_table([asdict(result)]))
-    return 0
+    return bench_main("storage", run, __doc__, argv)
 
 
 if __name__ == "__main__":

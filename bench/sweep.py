@@ -19,19 +19,16 @@ within a second.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 
 from bench.common import (
     RESULTS_DIR,
     Result,
+    bench_main,
     bench_storage,
-    equal_priority,
-    markdown_table,
     start_ray,
 )
 
@@ -187,14 +184,7 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.sweep", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smoke-sized run")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where to write sweep.json")
-    args = parser.parse_args(argv)
-    equal_priority()
-    result = run(quick=args.quick, out_dir=args.out)
-    print(markdown_table([asdict(result)]))
-    return 0
+    return bench_main("sweep", run, __doc__, argv)
 
 
 if __name__ == "__main__":

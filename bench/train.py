@@ -24,14 +24,12 @@ is what `ray.train.report` and the checkpoint upload cost the workers.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
 import tempfile
 import time
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +39,8 @@ from ray.train import UserCallback
 from bench.common import (
     RESULTS_DIR,
     Result,
+    bench_main,
     bench_storage,
-    equal_priority,
-    markdown_table,
     median,
     start_ray,
 )
@@ -292,16 +289,7 @@ def bracketed(name: str, baseline, storage, config, *, reuse: list | None = None
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.train", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="smoke-sized run")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where to write train.json")
-    args = parser.parse_args(argv)
-    equal_priority()
-    result = run(quick=args.quick, out_dir=args.out)
-    print(markdown_table([asdict(result)]))
-    return 0
+    return bench_main("train", run, __doc__, argv)
 
 
 if __name__ == "__main__":
