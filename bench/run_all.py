@@ -34,7 +34,7 @@ from bench.common import (
 # name -> seconds allowed (full run); the quick run gets a third. Sum < 20 minutes.
 DOCS = Path(__file__).parent.parent / "docs" / "performance.md"
 BEGIN, END = "<!-- bench:begin (written by python -m bench.run_all) -->", "<!-- bench:end -->"
-BENCHMARKS = {"storage": 120, "train": 330, "serve": 330, "sweep": 390}
+BENCHMARKS = {"storage": 90, "train": 300, "serve": 300, "sweep": 420}
 
 
 def run_benchmark(name: str, *, quick: bool, out_dir: Path, limit_s: float) -> dict:

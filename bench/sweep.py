@@ -1,9 +1,9 @@
 """Sweeps: ASHA against random search without early stopping, on the same sampled configs.
 
-    python -m bench.sweep            # about 5 minutes on 2 cores; writes bench/results/sweep.json
+    python -m bench.sweep            # 3-6 minutes on 2 cores; writes bench/results/sweep.json
     python -m bench.sweep --quick    # a smoke-sized run
 
-Both sweeps are `tune.sweep.build_tuner(...).fit()` on the `digits-sweep` preset (6 trials of
+Both sweeps are `tune.sweep.build_tuner(...).fit()` on the `digits-sweep` preset (4 trials of
 up to 6 epochs, to fit the time budget) with the same seed, so Tune's BasicVariantGenerator samples the same configurations in the same order; one
 runs ASHA, the other FIFO (every trial to the last epoch). Measured:
 
@@ -41,8 +41,8 @@ def sweep_config(*, quick: bool, asha: bool, tag: str):
     if quick:
         # One trial each: a trial's ~30 s of start-up is most of a smoke test's budget.
         preset, overrides = "debug-sweep", ["num_samples=1", "scheduler.max_epochs=2"]
-    else:  # six trials of six epochs: three waves of two trials on 2 cores
-        preset, overrides = "digits-sweep", ["num_samples=6", "scheduler.max_epochs=6"]
+    else:  # four trials of six epochs: two waves of two trials on 2 cores
+        preset, overrides = "digits-sweep", ["num_samples=4", "scheduler.max_epochs=6"]
     return load_sweep_config(
         preset,
         [
