@@ -93,18 +93,12 @@ def run_pipeline(
 
 
 def start_serving(reference: str, storage: Storage, *, host: str, port: int) -> str:
-    """Deploy the Serve app for `reference`; returns the predict URL once it answers."""
-    from ray import serve as ray_serve
-
-    from cluster.registry import ModelRef
-    from serve.app import APP_NAME, build_app
+    """Deploy the Serve app for `reference`; returns the predict URL."""
+    from serve.app import deploy
     from serve.schemas import ServeArgs
 
     args = ServeArgs(model=reference, storage=storage.uri, num_cpus=0.5, watch_interval_s=2.0)
-    ray_serve.start(http_options={"host": host, "port": port})
-    ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/")
-    shown = "127.0.0.1" if host == "0.0.0.0" else host
-    return f"http://{shown}:{port}/v1/models/{ModelRef.parse(reference).name}:predict"
+    return deploy(args, host=host, port=port)
 
 
 def stop_serving() -> None:

@@ -292,17 +292,23 @@ class Storage:
             parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
             options["endpoint_override"] = parsed.netloc
             options["scheme"] = parsed.scheme
-        root = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
-        return pafs.S3FileSystem(**options), root
+        return pafs.S3FileSystem(**options), self._arrow_root
+
+    @property
+    def _arrow_root(self) -> str:
+        """Root path inside `arrow_filesystem()`, without building a filesystem."""
+        if not self.is_s3:
+            return str(self.local_root)
+        return f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
 
     def arrow_path(self, key: str) -> str:
         """A key as a path inside `arrow_filesystem()`."""
-        _, root = self.arrow_filesystem()
+        root = self._arrow_root
         return f"{root}/{key.strip('/')}" if key.strip("/") else root
 
     def key_from_arrow_path(self, path: str) -> str:
         """Inverse of `arrow_path` (Tune records checkpoint paths without a scheme)."""
-        _, root = self.arrow_filesystem()
+        root = self._arrow_root
         path = path.removeprefix("s3://")
         if not path.startswith(root):
             raise StorageError(f"{path} is not inside storage {self.uri}")

@@ -377,6 +377,15 @@ def deployment_options(args: ServeArgs) -> dict:
     return options
 
 
+def deploy(args: ServeArgs, *, host: str, port: int) -> str:
+    """Start Serve's HTTP proxy on host:port, run the app, return the model's predict URL."""
+    args = ServeArgs.parse(args)
+    ray_serve.start(http_options={"host": host, "port": port})
+    ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    shown = "127.0.0.1" if host == "0.0.0.0" else host  # a URL a client on this host can use
+    return f"http://{shown}:{port}/v1/models/{ModelRef.parse(args.model).name}:predict"
+
+
 def build_app(args: ServeArgs) -> Application:
     """The Serve import path (`serve.app:build_app`); `args` as in serve/config.yaml."""
     args = ServeArgs.parse(args)
@@ -425,13 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cluster.runtime import connect
 
     connect()
-    ray_serve.start(http_options={"host": host, "port": port})
-    ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/")
-    shown = "127.0.0.1" if host == "0.0.0.0" else host
-    print(
-        f"serving {name}:{version} ({args.model}) at http://{shown}:{port}/v1/models/{name}:predict"
-    )
-    print(f"docs at http://{shown}:{port}/docs; Ctrl-C stops", flush=True)
+    url = deploy(args, host=host, port=port)
+    base = url.split("/v1/")[0]
+    print(f"serving {name}:{version} ({args.model}) at {url}")
+    print(f"docs at {base}/docs; Ctrl-C stops", flush=True)
     try:
         while True:
             time.sleep(3600)
