@@ -4,10 +4,13 @@ the raw in-process batched forward pass (the limit).
     python -m bench.serve            # about 3 minutes on 2 cores; writes bench/results/serve.json
     python -m bench.serve --quick    # a smoke-sized run
 
-The model is an MLP with hidden sizes [1024, 1024, 1024] on 64 features (random weights, saved
-as a raylane checkpoint and registered): a forward pass of about a millisecond for one row,
-so batching has something to win. Every server gets one core's worth: the Serve replica
-`num_cpus=1`, uvicorn one worker; each uses one torch thread. Contenders, in this order:
+The model is an MLP with hidden sizes [6144, 6144, 6144] on 512 features (79M parameters,
+random weights, saved as a raylane checkpoint and registered): a forward pass that is not
+trivial, about 13 ms for one row and 80 ms for 32 on one core of this machine, so batching
+has something to win (an MLP this wide reads all its weights per pass, whatever the rows).
+A trivial model measures only HTTP plumbing; docs/performance.md has those numbers too. Every
+server gets one core's worth: the Serve replica `num_cpus=1`, uvicorn one worker; each uses
+one torch thread. Contenders, in this order:
 
 - raw: `Predictor.predict` on batches of `max_batch_size` rows in this process; rows/s is the
   most requests/s any server of one-row requests could answer;
@@ -46,26 +49,27 @@ from bench.common import (
 )
 
 MODEL_NAME = "bench-mlp"
-HIDDEN, FEATURES, CLASSES = [1024, 1024, 1024], 64, 10
+HIDDEN, FEATURES, CLASSES = [6144, 6144, 6144], 512, 10
+QUICK_HIDDEN, QUICK_FEATURES = [256, 256], 64  # --quick: a smoke test of the plumbing
 MAX_BATCH_SIZE = 32
 HOST = "127.0.0.1"
 
 
-def register_model(storage) -> str:
+def register_model(storage, hidden: list[int], features: int) -> str:
     """A random-weight MLP saved as a raylane checkpoint and registered; returns NAME:VERSION."""
     from cluster.registry import Registry
     from workloads.checkpoint import save_checkpoint
     from workloads.config import ModelConfig
     from workloads.models import build_model, model_spec
 
-    config = ModelConfig(family="mlp", hidden_sizes=HIDDEN, dropout=0.0)
-    spec = model_spec(config, input_shape=[FEATURES], num_classes=CLASSES)
+    config = ModelConfig(family="mlp", hidden_sizes=hidden, dropout=0.0)
+    spec = model_spec(config, input_shape=[features], num_classes=CLASSES)
     torch.manual_seed(0)
     meta = {
         "model": spec,
         "input": {
             "kind": "tabular",
-            "shape": [FEATURES],
+            "shape": [features],
             "dtype": "float32",
             "class_names": [f"class_{i}" for i in range(CLASSES)],
             "vocab_size": None,
@@ -93,7 +97,8 @@ def raw_forward(storage, ref: str, *, batch: int, seconds: float) -> float:
     torch.set_num_threads(1)
     try:
         predictor = Predictor.from_registry(Registry(storage), ref)
-        rows = np.random.default_rng(0).normal(size=(batch, FEATURES)).astype(np.float32)
+        features = predictor.schema.size
+        rows = np.random.default_rng(0).normal(size=(batch, features)).astype(np.float32)
         for _ in range(5):
             predictor.predict(rows)
         done, started = 0, time.perf_counter()
@@ -105,9 +110,10 @@ def raw_forward(storage, ref: str, *, batch: int, seconds: float) -> float:
         torch.set_num_threads(threads)
 
 
-def load(url: str, *, levels: list[int], rate: float, duration: float, warmup: float) -> list:
-    """Run bench.loadgen in its own process against `url`."""
-    body = {"instances": [np.random.default_rng(1).normal(size=FEATURES).round(4).tolist()]}
+def load(url: str, *, features: int, levels: list[int], rate: float, duration: float,
+         warmup: float) -> list:  # fmt: skip
+    """Run bench.loadgen in its own process against `url`, one instance per request."""
+    body = {"instances": [np.random.default_rng(1).normal(size=features).round(4).tolist()]}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(body, f)
     try:
@@ -239,11 +245,12 @@ def at(levels: list[dict], **where) -> dict:
 def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
     levels = [1, 4] if quick else [1, 8, 32]
     top = levels[-1]
-    rate = 20.0 if quick else 100.0
+    rate = 20.0 if quick else 30.0  # FastAPI answers ~40 req/s with this model at best
+    hidden, features = (QUICK_HIDDEN, QUICK_FEATURES) if quick else (HIDDEN, FEATURES)
     duration, warmup = (0.5, 0.2) if quick else (4.0, 1.0)
     result = Result("serve", quick=quick)
     result.settings = {
-        "model": f"MLP {HIDDEN} on {FEATURES} features, {CLASSES} classes, random weights",
+        "model": f"MLP {hidden} on {features} features, {CLASSES} classes, random weights",
         "instances_per_request": 1,
         "max_batch_size": MAX_BATCH_SIZE,
         "cpus_per_server": 1,
@@ -253,13 +260,14 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
     }
     measured: dict = {}
     with bench_storage("serve") as storage:
-        ref = register_model(storage)
+        ref = register_model(storage, hidden, features)
         print("[serve] raw batched forward ...", flush=True)
         raw = raw_forward(storage, ref, batch=MAX_BATCH_SIZE, seconds=0.3 if quick else 4.0)
         raw_single = raw_forward(storage, ref, batch=1, seconds=0.3 if quick else 2.0)
         measured["raw_rows_per_s"] = {f"batch {MAX_BATCH_SIZE}": raw, "batch 1": raw_single}
 
-        options = dict(levels=levels, rate=rate, duration=duration, warmup=warmup)  # noqa: C408
+        options = dict(features=features, levels=levels, rate=rate, duration=duration,
+                       warmup=warmup)  # fmt: skip  # noqa: C408
         print("[serve] plain FastAPI + uvicorn ...", flush=True)
         with plain_fastapi(storage, ref) as url:
             measured["fastapi"] = load(url, **options)
@@ -317,7 +325,30 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
     return result
 
 
+def direct_ingress_child(argv: list[str]) -> int:
+    """The child process of direct_ingress_loads: --direct-ingress JSON --out PATH."""
+    import argparse
+
+    from bench.common import equal_priority
+    from cluster.storage import Storage
+
+    parser = argparse.ArgumentParser(prog="python -m bench.serve --direct-ingress")
+    parser.add_argument("--direct-ingress", required=True, metavar="JSON")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    equal_priority()
+    request = json.loads(args.direct_ingress)
+    measured = serve_loads(Storage(request["storage"]), request["ref"],
+                           {"direct_batching": MAX_BATCH_SIZE}, request["options"],
+                           direct_port=request["port"])  # fmt: skip
+    args.out.write_text(json.dumps(measured))
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--direct-ingress"]:
+        return direct_ingress_child(argv)
     return bench_main("serve", run, __doc__, argv)
 
 

@@ -14,9 +14,12 @@ Errors are 4xx with {"error": "<what is wrong and what was expected>"}: 400 malf
 404 unknown model or route, 413 body over `max_body_bytes`, 422 instances that do not fit the
 model's input schema (serve/schemas.py). Serve itself answers 503 past `max_queued_requests`.
 
-A request is read, authorized and validated on its own, before it joins a `@serve.batch`, so a
-bad request never fails the good ones batched with it. The batch runs the Predictor once on the
-stacked rows, in a thread, so the replica's event loop keeps accepting requests meanwhile.
+A request is read, authorized and validated on its own, before it joins a batch, so a bad
+request never fails the good ones batched with it. Batches follow the load (serve/batching.py):
+one forward pass at a time, each taking every request that queued while the last one ran (up
+to max_batch_size); an idle model waits at most batch_wait_timeout_s for company. The batch
+runs the Predictor once on the stacked rows, in a thread, so the replica's event loop keeps
+accepting requests meanwhile.
 
 Model updates without downtime: the served model lives in one attribute, `self.predictor`
 (network + schema + version). A new version is downloaded and loaded beside the old one, then
@@ -54,6 +57,7 @@ from starlette.exceptions import HTTPException
 from cluster.errors import ConfigError, run_cli
 from cluster.registry import ModelRef, Registry
 from cluster.storage import Storage
+from serve.batching import Batcher
 from serve.predictor import Prediction, Predictor
 from serve.schemas import (
     ErrorResponse,
@@ -174,6 +178,11 @@ class ModelServer:
         self.device = "cuda" if self.args.num_gpus > 0 else "cpu"
         self.metrics = ServeMetrics()
         self.stats = BatchStats()
+        self.batcher = Batcher(
+            self._run_batch,
+            max_batch_size=self.args.max_batch_size,
+            batch_wait_timeout_s=self.args.batch_wait_timeout_s,
+        )
         self.replica = ray_serve.get_replica_context().replica_id.unique_id
         self._lock = asyncio.Lock()
         self.ref = ModelRef.parse(self.args.model)
@@ -183,10 +192,12 @@ class ModelServer:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def __del__(self):
-        """Serve calls this as the replica stops: the watcher goes first, quietly."""
+        """Serve calls this as the replica stops: the watcher and the batcher go, quietly."""
         watcher = getattr(self, "_watcher", None)
         if watcher is not None:
             watcher.cancel()
+        if hasattr(self, "batcher"):
+            self.batcher.close()
 
     # ------------------------------------------------------------------ model updates
 
@@ -221,8 +232,8 @@ class ModelServer:
             self.metrics.model_version.set(version, tags={"model": name, "alias": alias})
 
     def _apply(self, settings: dict) -> None:
-        self._predict_batch.set_max_batch_size(settings["max_batch_size"])
-        self._predict_batch.set_batch_wait_timeout_s(settings["batch_wait_timeout_s"])
+        self.batcher.max_batch_size = settings["max_batch_size"]
+        self.batcher.batch_wait_timeout_s = settings["batch_wait_timeout_s"]
         self.watch_interval_s = settings["watch_interval_s"]
 
     async def _watch(self) -> None:
@@ -262,7 +273,7 @@ class ModelServer:
             body = await read_body(request, self.args.max_body_bytes)
             instances = extract_instances(parse_json_body(body))
             rows = predictor.schema.parse(instances, max_instances=self.args.max_instances)
-            used, prediction = await self._predict_batch((predictor, rows))
+            used, prediction = await self.batcher.submit((predictor, rows))
             return self._reply(200, used.response(prediction), used, start)
         except RequestError as error:
             return self._reply(error.status_code, {"error": str(error)}, predictor, start)
@@ -292,8 +303,8 @@ class ModelServer:
                 "max_body_bytes": self.args.max_body_bytes,
             },
             "batching": {
-                "max_batch_size": self._predict_batch._get_max_batch_size(),
-                "batch_wait_timeout_s": self._predict_batch._get_batch_wait_timeout_s(),
+                "max_batch_size": self.batcher.max_batch_size,
+                "batch_wait_timeout_s": self.batcher.batch_wait_timeout_s,
             },
             "replica": self.replica,
             "stats": asdict(self.stats),
@@ -306,8 +317,7 @@ class ModelServer:
 
     # ------------------------------------------------------------------ batching
 
-    @ray_serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _predict_batch(
+    async def _run_batch(
         self, items: list[tuple[Predictor, np.ndarray]]
     ) -> list[tuple[Predictor, Prediction]]:
         """Requests validated against the same predictor run as one forward pass. (Two groups

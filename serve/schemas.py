@@ -322,7 +322,10 @@ class ServeArgs(BaseModel):
     )
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="requests per batch")
     batch_wait_timeout_s: float = Field(
-        default=0.01, ge=0, le=10, description="how long a batch waits to fill"
+        default=0.002,
+        ge=0,
+        le=10,
+        description="how long an idle model waits for more requests to batch with",
     )
     max_ongoing_requests: int = Field(
         default=64, ge=1, description="requests a replica holds at once; >= max_batch_size"

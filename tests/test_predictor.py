@@ -268,7 +268,7 @@ def test_serve_args_are_validated_with_field_names():
     assert args.dynamic() == {
         "model": "digits@production",
         "max_batch_size": 32,
-        "batch_wait_timeout_s": 0.01,
+        "batch_wait_timeout_s": 0.002,
         "watch_interval_s": 10.0,
     }
     cases = [

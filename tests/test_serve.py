@@ -453,6 +453,7 @@ def test_serve_config_deploy_and_user_config_reconfigure_without_restart(served)
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
+    served.registry.promote("digits", "production", 2)  # whatever earlier tests left
     config = yaml.safe_load(CONFIG_YAML.read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": int(served.url.rsplit(":", 1)[1])}
     app = config["applications"][0]
