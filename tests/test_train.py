@@ -139,3 +139,46 @@ def test_missing_bucket_is_named_and_nothing_is_written(s3_server, s3_storage):
     with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
         run_training(load_job_config("debug"), Storage("s3://no-such-bucket/x"), verbose=False)
     assert s3_storage.list() == []
+
+
+class CountingShard:
+    """A real Ray Data iterator that counts the epochs it streamed (a spy, not a stand-in)."""
+
+    def __init__(self, iterator):
+        self.iterator, self.epochs = iterator, 0
+
+    def iter_torch_batches(self, **kwargs):
+        self.epochs += 1
+        return self.iterator.iter_torch_batches(**kwargs)
+
+
+@pytest.mark.parametrize("cache_bytes, streamed", [(2**20, 1), (1000, 3)])
+def test_epoch_data_reads_ray_data_once_when_the_shard_fits(ray_session, cache_bytes, streamed):
+    """Every epoch sees every row once, shuffled differently; a shard that fits the cache is
+    streamed from Ray Data in the first epoch only, a larger one every epoch."""
+    import numpy as np
+    import ray.data
+    import torch
+
+    from workloads.worker import Collate, EpochData
+
+    rows = [{"x": [float(i), 1.0], "y": i % 3} for i in range(500)]
+    schema = {
+        "kind": "tabular", "shape": [2], "dtype": "float32", "class_names": ["a", "b", "c"],
+        "normalization": None, "feature_columns": ["x"], "label_column": "y",
+        "label_encoding": "index",
+    }  # fmt: skip
+    shard = CountingShard(ray.data.from_items(rows, override_num_blocks=5).iterator())
+    data = EpochData(shard, Collate(schema), cache_bytes=cache_bytes, device=torch.device("cpu"),
+                     batch_size=32, chunked=True)  # fmt: skip
+    orders = []
+    for epoch in (1, 2, 3):
+        batches = list(data.batches(shuffle_seed=epoch))
+        assert all(len(labels) <= 32 for _, labels in batches)
+        features = torch.cat([f for f, _ in batches]).numpy()
+        labels = torch.cat([y for _, y in batches]).numpy()
+        assert sorted(features[:, 0].astype(int).tolist()) == list(range(500))
+        assert (labels == features[:, 0].astype(int) % 3).all()  # rows stay whole
+        orders.append(features[:, 0])
+    assert not np.array_equal(orders[1], orders[2])
+    assert shard.epochs == streamed

@@ -105,6 +105,12 @@ class TrainConfig(_Strict):
         default="auto", description="auto: bf16 on GPUs that support it, else fp16; fp32 on CPU"
     )
     checkpoint_every: int = Field(default=1, gt=0, description="epochs between checkpoints")
+    cache_shard_mb: float = Field(
+        default=1024,
+        ge=0,
+        description="keep a worker's data in memory after the first epoch when it is at most "
+        "this many MB (later epochs then skip Ray Data); 0 streams every epoch",
+    )
     keep_checkpoints: int = Field(default=2, gt=0, description="best-k checkpoints kept")
     metric: Literal["val_accuracy", "val_f1_macro", "val_auc_roc", "val_loss"] = "val_accuracy"
     max_failures: int = Field(default=2, ge=-1, description="worker-group restarts; -1: forever")
