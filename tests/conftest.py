@@ -5,6 +5,7 @@
   all see them.
 - `s3_storage` / `local_storage`: a fresh, empty Storage per test.
 - `ray_session` (module): a local Ray with 2 CPUs, shared by the tests of one module.
+- `one_thread`: torch on one intra-op thread for the test (tiny models, busy 2-core machine).
 - `ray_head`: a head started the way a cluster is, `ray start --head`, with token
   authentication and the dashboard on 127.0.0.1; yields (environment, dashboard URL). Use it
   only in modules without `ray_session`: one Ray instance at a time.
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -27,6 +29,18 @@ from cluster.s3server import S3Server, free_port
 from cluster.storage import Storage
 
 TEST_BUCKET = "raylane-test"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine (Ray, other
+    tests) OpenMP threads spin against each other: 1 s of training became 50 s."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -118,5 +132,54 @@ def ray_head(s3_server):
     assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
     env["RAY_ADDRESS"] = f"127.0.0.1:{gcs}"
     yield env, f"http://127.0.0.1:{dashboard}"
-    subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    stop_processes(processes_of(temp_dir))  # not `ray stop`: it stops every Ray on the host
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def processes_of(temp_dir: str) -> set[int]:
+    """PIDs of the Ray processes started with `temp_dir` (GCS, raylet, dashboard, agents: it
+    is in their command lines) and of all their descendants (workers, job drivers)."""
+    parents, roots = {}, set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+        if temp_dir.encode() in command:
+            roots.add(pid)
+    found, grew = set(roots), True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= children
+        grew = bool(children)
+    return found
+
+
+def stop_processes(pids: set[int], grace_s: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL whatever is left after `grace_s`."""
+    import signal
+    import time
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(map(alive, pids)):
+            time.sleep(0.2)
+        pids = set(filter(alive, pids))
+        if not pids:
+            return
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a parent that does not reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

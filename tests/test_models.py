@@ -139,16 +139,6 @@ def test_clear_errors(user_models):
         build_model({"family": "mlp", "kwargs": {"in_features": 4, "num_classes": 2}})
 
 
-@pytest.fixture
-def one_thread():
-    # Models this small gain nothing from intra-op threads, and on a busy 2-core machine
-    # (Ray, other tests) OpenMP threads spin against each other: 1 s of training became 50 s.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _fit(model, train, *, epochs, lr, batch_size=32):
     features, labels = train
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)

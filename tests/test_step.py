@@ -12,14 +12,7 @@ from torch import nn
 
 from workloads.step import classification_metrics, predict_logits, softmax, train_step
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: OpenMP threads only spin against each other on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _sklearn_metrics(logits, labels, num_classes):
