@@ -130,6 +130,8 @@ class Ratio:
         if self.baseline:
             self.value = self.raylane / self.baseline
         self.met = meets(self.value, self.goal)
+        if self.goal and self.raylane != self.raylane and self.baseline == self.baseline:
+            self.met = False  # raylane never got there (e.g. ASHA never reached the target)
 
 
 def meets(value: float, goal: str) -> bool | None:
@@ -210,8 +212,10 @@ def markdown_table(results: list[dict]) -> str:
         for row in result["ratios"]:
             met = {True: "yes", False: "**no**", None: ""}[row["met"]]
             value = "-" if row["value"] != row["value"] else f"{row['value']:.2f}"
+            never = row["raylane"] != row["raylane"] and row["met"] is False
+            raylane = "never" if never else fmt(row["raylane"], row["unit"])
             lines.append(
-                f"| {result['name']} | {row['label']} | {fmt(row['raylane'], row['unit'])} | "
+                f"| {result['name']} | {row['label']} | {raylane} | "
                 f"{fmt(row['baseline'], row['unit'])} | {value} | {row['goal'] or '-'} | {met} |"
             )
     return "\n".join(lines)

@@ -8,7 +8,8 @@ One SeaweedFS server serves all of them. Each benchmark runs in its own process 
 Ray), so one that fails or hangs costs only its own row; its full output goes to
 `bench/results/<name>.log`, its numbers to `bench/results/<name>.json`. At the end the ratios
 are printed as one Markdown table and written with the machine's description to
-`bench/results/summary.md`; a complete full run also puts it into docs/performance.md.
+`bench/results/summary.md`; a complete full run also puts it into docs/performance.md and the
+README's Performance section.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from bench.common import (
 )
 
 # name -> seconds allowed (full run); the quick run gets a third. Sum < 20 minutes.
-DOCS = Path(__file__).parent.parent / "docs" / "performance.md"
+ROOT = Path(__file__).parent.parent
+DOCS = (ROOT / "docs" / "performance.md", ROOT / "README.md")  # where the latest table goes
 BEGIN, END = "<!-- bench:begin (written by python -m bench.run_all) -->", "<!-- bench:end -->"
 BENCHMARKS = {"storage": 90, "train": 300, "serve": 300, "sweep": 420}
 
@@ -100,8 +102,8 @@ def summarize(out_dir: Path, runs: list[dict], *, quick: bool, total_s: float) -
     return text
 
 
-def update_docs(summary: str, path: Path = DOCS) -> bool:
-    """Put the latest full run's summary between the markers of docs/performance.md."""
+def update_docs(summary: str, path: Path) -> bool:
+    """Put the latest full run's summary between the markers of `path`, if it has them."""
     if not path.exists():
         return False
     text = path.read_text()
@@ -141,8 +143,10 @@ def main(argv=None) -> int:
     print(text)
     print(f"[run_all] written to {args.out / 'summary.md'}")
     complete = not args.quick and not args.only and all(run["ok"] for run in runs)
-    if complete and args.out == RESULTS_DIR and update_docs(text):
-        print(f"[run_all] and to {DOCS}")
+    if complete and args.out == RESULTS_DIR:
+        for path in DOCS:
+            if update_docs(text, path):
+                print(f"[run_all] and to {path}")
     return 0 if all(run["ok"] for run in runs) else 1
 
 

@@ -52,3 +52,14 @@ def test_every_benchmark_writes_its_ratios_in_quick_mode(ray_session, bench_buck
     )
     assert len(table_rows) == expected + 1  # the header
     assert (tmp_path / "summary.md").read_text() == summary
+
+
+def test_a_target_never_reached_is_a_missed_goal_in_the_table():
+    from dataclasses import asdict
+
+    from bench.common import Ratio, markdown_table
+
+    row = Ratio("asha", "time to target: ASHA vs random", float("nan"), 80.0, "s", "<= 0.3")
+    assert row.met is False
+    table = markdown_table([{"name": "sweep", "ratios": [asdict(row)]}])
+    assert "| never | 80.00 s | - | <= 0.3 | **no** |" in table
