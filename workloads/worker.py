@@ -80,7 +80,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     device_type=device.type,
                 )
             )
-            samples += len(labels)
+            samples += labels.shape[0]
         train_seconds = time.perf_counter() - started
         scheduler.step()
 
@@ -161,11 +161,15 @@ class EpochData:
         self._keep(kept)
 
     def _slices(self, features: torch.Tensor, labels: torch.Tensor):
-        for start in range(0, len(labels), self.batch_size):
-            stop = start + self.batch_size
+        # One split call for all views: per-batch Python slicing was 4% of a small MLP's epoch.
+        pairs = zip(features.split(self.batch_size), labels.split(self.batch_size), strict=True)
+        if self.device.type == "cpu":
+            yield from pairs
+            return
+        for batch_features, batch_labels in pairs:
             yield (
-                features[start:stop].to(self.device, non_blocking=True),
-                labels[start:stop].to(self.device, non_blocking=True),
+                batch_features.to(self.device, non_blocking=True),
+                batch_labels.to(self.device, non_blocking=True),
             )
 
     def _keep(self, kept: list | None) -> None:
