@@ -13,7 +13,9 @@ same `train_step` and optimizer, one torch thread per process, on the same train
 - plain DDP: `torch.distributed` (gloo) with the same number of processes as raylane has
   workers, each on its half of the rows;
 - raylane: `workloads.train.run_training` (Ray Data from Parquet on SeaweedFS, Ray Train
-  workers, a report and a checkpoint every epoch), 1 worker and 2 workers.
+  workers, a report and a checkpoint every epoch), 1 worker and 2 workers. Its first epoch
+  streams from Ray Data; later ones use each worker's shard kept in memory
+  (`train.cache_shard_mb`), which is why the first epoch is left out (see below).
 
 Throughput is training samples/s of steady-state epochs (the first is left out: start-up,
 warm-up). Each baseline runs right before and right after the raylane run it is compared
