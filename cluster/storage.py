@@ -31,9 +31,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from cluster import s3
 from cluster.errors import NotFoundError, StorageError
-from cluster.s3 import make_client, region, s3_endpoint, transfer_config, translate_s3_error
+from cluster.s3 import (
+    CONNECT_TIMEOUT_S,
+    READ_TIMEOUT_S,
+    make_client,
+    region,
+    s3_endpoint,
+    transfer_config,
+    translate_s3_error,
+)
 
 DEFAULT_URI = "./artifacts"
 ENV_STORAGE = "RAYLANE_STORAGE"
@@ -283,8 +290,8 @@ class Storage:
             return pafs.LocalFileSystem(), str(self.local_root)
         options: dict[str, Any] = {
             "region": region(),
-            "connect_timeout": s3.CONNECT_TIMEOUT_S,
-            "request_timeout": s3.READ_TIMEOUT_S,
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "request_timeout": READ_TIMEOUT_S,
             "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
         }
         endpoint = s3_endpoint()

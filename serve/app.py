@@ -196,8 +196,9 @@ class ModelServer:
         watcher = getattr(self, "_watcher", None)
         if watcher is not None:
             watcher.cancel()
-        if hasattr(self, "batcher"):
-            self.batcher.close()
+        batcher = getattr(self, "batcher", None)
+        if batcher is not None:
+            batcher.close()
 
     # ------------------------------------------------------------------ model updates
 

@@ -51,10 +51,6 @@ class Batcher:
         self._arrived.set()
         return await future
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
     def close(self) -> None:
         """Stop the loop; requests still queued get CancelledError."""
         if self._task is not None:

@@ -177,7 +177,10 @@ class EpochData:
         if self.decide_together:
             fits = all_reduce_sum(0 if fits else 1, self.device) == 0
         if fits:
-            self.cached = (torch.cat([f for f, _ in kept]), torch.cat([y for _, y in kept]))
+            features, labels = torch.cat([f for f, _ in kept]), torch.cat([y for _, y in kept])
+            if self.device.type == "cuda":  # so the per-batch copies can be asynchronous
+                features, labels = features.pin_memory(), labels.pin_memory()
+            self.cached = (features, labels)
 
 
 class Collate(NumpyBatchCollateFn):
