@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -130,7 +131,7 @@ class Ratio:
         if self.baseline:
             self.value = self.raylane / self.baseline
         self.met = meets(self.value, self.goal)
-        if self.goal and self.raylane != self.raylane and self.baseline == self.baseline:
+        if self.goal and math.isnan(self.raylane) and not math.isnan(self.baseline):
             self.met = False  # raylane never got there (e.g. ASHA never reached the target)
 
 
@@ -211,8 +212,8 @@ def markdown_table(results: list[dict]) -> str:
     for result in results:
         for row in result["ratios"]:
             met = {True: "yes", False: "**no**", None: ""}[row["met"]]
-            value = "-" if row["value"] != row["value"] else f"{row['value']:.2f}"
-            never = row["raylane"] != row["raylane"] and row["met"] is False
+            value = "-" if math.isnan(row["value"]) else f"{row['value']:.2f}"
+            never = math.isnan(row["raylane"]) and row["met"] is False
             raylane = "never" if never else fmt(row["raylane"], row["unit"])
             lines.append(
                 f"| {result['name']} | {row['label']} | {raylane} | "

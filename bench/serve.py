@@ -45,6 +45,7 @@ from bench.common import (
     Result,
     bench_main,
     bench_storage,
+    equal_priority,
     start_ray,
 )
 
@@ -329,7 +330,6 @@ def direct_ingress_child(argv: list[str]) -> int:
     """The child process of direct_ingress_loads: --direct-ingress JSON --out PATH."""
     import argparse
 
-    from bench.common import equal_priority
     from cluster.storage import Storage
 
     parser = argparse.ArgumentParser(prog="python -m bench.serve --direct-ingress")

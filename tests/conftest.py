@@ -61,9 +61,8 @@ def pytest_unconfigure(config):
     status = config.stash.get(EXIT_STATUS, None)
     if status is None:  # no session ran (--help, usage errors): leave pytest to it
         return
-    import ray
-
-    if ray.is_initialized():
+    ray = sys.modules.get("ray")  # not imported for a run that never used it
+    if ray is not None and ray.is_initialized():
         ray.shutdown()
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         with contextlib.suppress(Exception):
