@@ -1,13 +1,14 @@
 # raylane: two commands on a fresh machine.
-#   make demo   set up .venv, start a local S3 server, run the pipeline on the digits preset
-#   make test   set up .venv and run every test this machine can run
+#   make demo       set up .venv, start a local S3 server, run the pipeline on the digits preset
+#   make test       set up .venv and run every test this machine can run (lint, layers, tests)
+#   make test-fast  the unit tier only: no Ray, no servers, under a minute
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -22,12 +23,20 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# lint-imports checks the layer contracts in pyproject.toml (cluster <- workloads <- tune,
+# serve <- raylane): an import against the flow fails here.
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+test-fast: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
 demo: setup
-	$(BIN)/python -m cluster.demo
+	$(BIN)/python -m raylane.demo
 
 bench: setup
 	$(BIN)/python -m bench.run_all

@@ -18,10 +18,10 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from cluster.registry import Registry
 from cluster.storage import Storage
 from serve.predictor import Predictor
 from serve.schemas import RequestError, extract_instances, parse_json_body
+from workloads.checkpoint import open_registry
 
 MAX_INSTANCES = 256
 state: dict = {}
@@ -31,7 +31,7 @@ state: dict = {}
 async def lifespan(app: FastAPI):
     # One torch thread per uvicorn worker, as a Serve replica with num_cpus=1 gets.
     torch.set_num_threads(int(os.environ.get("RAYLANE_BENCH_THREADS", "1")))
-    registry = Registry(Storage.from_uri(None))
+    registry = open_registry(Storage.from_uri(None))
     state["predictor"] = Predictor.from_registry(registry, os.environ["RAYLANE_BENCH_MODEL"])
     yield
     state.clear()

@@ -58,8 +58,7 @@ HOST = "127.0.0.1"
 
 def register_model(storage, hidden: list[int], features: int) -> str:
     """A random-weight MLP saved as a raylane checkpoint and registered; returns NAME:VERSION."""
-    from cluster.registry import Registry
-    from workloads.checkpoint import save_checkpoint
+    from workloads.checkpoint import open_registry, save_checkpoint
     from workloads.config import ModelConfig
     from workloads.models import build_model, model_spec
 
@@ -85,19 +84,21 @@ def register_model(storage, hidden: list[int], features: int) -> str:
     }
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(tmp, model=build_model(spec), meta=meta)
-        version = Registry(storage).register(MODEL_NAME, tmp, lineage={"source": "bench.serve"})
+        version = open_registry(storage).register(
+            MODEL_NAME, tmp, lineage={"source": "bench.serve"}
+        )
     return f"{MODEL_NAME}:{version}"
 
 
 def raw_forward(storage, ref: str, *, batch: int, seconds: float) -> float:
     """Rows/s of Predictor.predict on `batch`-row inputs, one torch thread, in this process."""
-    from cluster.registry import Registry
     from serve.predictor import Predictor
+    from workloads.checkpoint import open_registry
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        predictor = Predictor.from_registry(Registry(storage), ref)
+        predictor = Predictor.from_registry(open_registry(storage), ref)
         features = predictor.schema.size
         rows = np.random.default_rng(0).normal(size=(batch, features)).astype(np.float32)
         for _ in range(5):
@@ -174,7 +175,7 @@ def raylane_serve(storage, ref: str, port: int, *, max_batch_size: int):
     from ray import serve as ray_serve
 
     from serve.app import APP_NAME, build_app
-    from serve.schemas import ServeArgs
+    from serve.config import ServeArgs
 
     args = ServeArgs(
         model=ref,

@@ -3,8 +3,8 @@
     python -m bench.storage          # about a minute; writes bench/results/storage.json
     python -m bench.storage --quick  # a smoke-sized run
 
-The checkpoint is a real one (`workloads.checkpoint.save_checkpoint`: model.safetensors,
-train_state.pt with AdamW state, meta.json) of an MLP of about 100 MB in all, plus a small one
+The checkpoint is a real one (`workloads.checkpoint.save_checkpoint`: weights, AdamW train
+state and meta, the files of the checkpoint contract) of an MLP of about 100 MB in all, plus a small one
 (the digits CNN, a few hundred KB) where round trips, not bandwidth, decide. Both go to the same
 SeaweedFS bucket three ways:
 
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from bench.common import RESULTS_DIR, Result, bench_main, bench_storage, median
+from workloads.checkpoint import LAYOUT
 
 REPEATS = 3
 
@@ -55,7 +56,7 @@ def boto3_client():
     """boto3 as a user would make it: the default configuration, the same endpoint."""
     import boto3
 
-    from cluster.storage import s3_endpoint
+    from cluster.storage_s3 import s3_endpoint
 
     return boto3.client("s3", endpoint_url=s3_endpoint())
 
@@ -74,6 +75,7 @@ def contenders(storage, source: Path, key: str, scratch: Path) -> dict:
     fs, root = storage.arrow_filesystem()
     local = pafs.LocalFileSystem()
     files = sorted(p.name for p in source.iterdir())
+    bucket, _, prefix = storage.uri.removeprefix("s3://").partition("/")
 
     def fresh(name: str) -> Path:
         target = scratch / name
@@ -82,17 +84,13 @@ def contenders(storage, source: Path, key: str, scratch: Path) -> dict:
 
     def boto3_up():
         for name in files:
-            client.upload_file(
-                str(source / name), storage.bucket, f"{storage.prefix}/{key}-boto3/{name}"
-            )
+            client.upload_file(str(source / name), bucket, f"{prefix}/{key}-boto3/{name}")
 
     def boto3_down():
         target = fresh("boto3")
         target.mkdir()
         for name in files:
-            client.download_file(
-                storage.bucket, f"{storage.prefix}/{key}-boto3/{name}", str(target / name)
-            )
+            client.download_file(bucket, f"{prefix}/{key}-boto3/{name}", str(target / name))
 
     def arrow_up():
         pafs.copy_files(str(source), f"{root}/{key}-arrow", source_filesystem=local,
@@ -107,7 +105,7 @@ def contenders(storage, source: Path, key: str, scratch: Path) -> dict:
     return {
         "boto3": (boto3_up, boto3_down),
         "raylane": (
-            lambda: storage.upload_dir(source, f"{key}-raylane", last=("meta.json",)),
+            lambda: storage.upload_dir(source, f"{key}-raylane", last=(LAYOUT.marker,)),
             lambda: storage.download_dir(f"{key}-raylane", fresh("raylane")),
         ),
         "pyarrow (Ray Train)": (arrow_up, arrow_down),

@@ -36,7 +36,7 @@ EPSILON = 0.005  # "within half a point of accuracy of the best"
 
 
 def sweep_config(*, quick: bool, asha: bool, tag: str):
-    from tune.space import load_sweep_config
+    from tune.config import load_sweep_config
 
     if quick:
         # One trial each: a trial's ~30 s of start-up is most of a smoke test's budget.

@@ -79,23 +79,26 @@ def job_config(*, rows: int, epochs: int, workers: int, checkpoint_every: int, t
 
 def training_rows(storage, config) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """(model spec, features, labels) of the training split, normalized as raylane does."""
+    import dataclasses
+
     from workloads import data
+    from workloads.checkpoint import prepare_features
     from workloads.models import model_spec
 
     info = data.resolve(config.data, storage)
-    schema = info.input_schema()
     features, labels = data.read_split(
-        info.uri, schema, validation_fraction=config.data.validation_fraction, split="train"
+        info.uri,
+        info.input_spec(),
+        validation_fraction=config.data.validation_fraction,
+        split="train",
     )
     # The same moments as data.compute_normalization, without Ray.
     x = features.astype(np.float64)
     mean, std = x.mean(0), x.std(0)
-    schema["normalization"] = {
-        "mean": mean.tolist(),
-        "std": np.where(std < 1e-6, 1.0, std).tolist(),
-    }
+    normalization = {"mean": mean.tolist(), "std": np.where(std < 1e-6, 1.0, std).tolist()}
+    input_spec = dataclasses.replace(info.input_spec(), normalization=normalization)
     spec = model_spec(config.model, input_shape=info.feature_shape, num_classes=info.num_classes)
-    prepared = data.prepare_features(features, schema)
+    prepared = prepare_features(features, input_spec)
     return spec, torch.as_tensor(prepared), torch.as_tensor(labels)
 
 

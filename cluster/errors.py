@@ -45,3 +45,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def first_line(error: BaseException, width: int = 300) -> str:
+    """`Type: last line of the message`, the part of a remote traceback that names the cause."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1][:width] if lines else ''}".rstrip(": ")

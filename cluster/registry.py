@@ -4,9 +4,8 @@
     raylane models show digits@production                 # metrics, lineage, aliases of a version
     raylane models promote digits:3 --alias production    # or digits@staging --alias production
     raylane models rollback digits --alias production     # back to the previous version
-    python -m cluster.registry --storage s3://raylane/dev list   # same, without the dispatcher
 
-    registry = Registry(Storage.from_uri(None))
+    registry = workloads.checkpoint.open_registry(storage)    # a Registry with the checkpoint
     version = registry.register("digits", "ckpt/", lineage={"sweep": "s1", "trial": "t3"})
     registry.promote("digits", "production", version, expected=None)
     name, version = registry.resolve("digits@production")
@@ -14,11 +13,14 @@
 Layout below `<storage>/registry/<name>/`:
 
     versions/<n>/lineage.json       written first, with put-if-absent: it claims number n
-    versions/<n>/model.safetensors  ... and the rest of the checkpoint
-    versions/<n>/meta.json          written last: a version exists for readers once this does
+    versions/<n>/...                the checkpoint's files (the `layout`'s required files)
+    versions/<n>/<marker>           written last: a version exists for readers once this does
     aliases/<alias>.json            {"version", "previous", "updated_at", "updated_by"}
 
-A registration that dies half-way leaves a claimed number without meta.json: readers skip it and
+The registry knows no checkpoint file by name: a `VersionLayout` (workloads/checkpoint.py
+makes the one raylane uses) says which files a version needs and which one is written last.
+
+A registration that dies half-way leaves a claimed number without its marker: readers skip it and
 its number is never handed out again, so `digits:4` can never mean two different models.
 Aliases move only by compare-and-swap, so of two concurrent promoters exactly one wins and the
 other gets a ConflictError; a reader sees the old record or the new one, never a torn one.
@@ -26,7 +28,6 @@ other gets a ConflictError; a reader sees the old record or the new one, never a
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import getpass
 import json
@@ -39,11 +40,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cluster.errors import ConfigError, ConflictError, NotFoundError, RaylaneError, run_cli
-from cluster.storage import Storage
+from cluster.errors import ConfigError, ConflictError, NotFoundError, RaylaneError
+from cluster.storage import Storage, dump_json
 
-META = "meta.json"
-WEIGHTS = "model.safetensors"
 LINEAGE = "lineage.json"
 MAX_HISTORY = 20  # rollback depth kept in an alias record; older entries are dropped
 
@@ -70,7 +69,7 @@ class ModelRef:
     alias: str | None = None
 
     def __post_init__(self):
-        _check_name(self.name)
+        check_name(self.name)
         if self.version is not None and self.alias is not None:
             raise ConfigError(f"a model reference has a version or an alias, not both: {REF_FORMS}")
         if self.alias is not None:
@@ -96,27 +95,38 @@ class ModelRef:
         return self.name if self.version is None else f"{self.name}:{self.version}"
 
 
+@dataclass(frozen=True)
+class VersionLayout:
+    """The files of a version: `required` must all be in a directory to register it; `marker`
+    (one of them) is uploaded last, and a version is visible once its marker exists."""
+
+    required: tuple[str, ...]
+    marker: str
+
+
 class Registry:
     """Registered models in `<storage>/registry/`. Every method goes to storage, no caching,
     so several processes (sweeps, Serve replicas, a person at the CLI) can share one registry."""
 
-    def __init__(self, storage: Storage):
+    def __init__(self, storage: Storage, *, layout: VersionLayout):
         self.storage = storage
+        self.layout = layout
 
     # ------------------------------------------------------------------ versions
 
     def register(self, name: str, checkpoint_dir: str | Path, *, lineage: dict) -> int:
         """Copy a local checkpoint directory into a new version; return its number."""
-        _check_name(name)
+        check_name(name)
         if not isinstance(lineage, dict):
             raise ConfigError(
                 f"lineage must be a dict (sweep, trial, config, ...), got {lineage!r}"
             )
-        checkpoint_dir = _check_checkpoint(Path(checkpoint_dir))
-        version = self._claim(name, _dump(lineage))
+        checkpoint_dir = self._check_directory(Path(checkpoint_dir))
+        version = self._claim(name, dump_json(lineage))
         with _without_lineage(checkpoint_dir) as source:
-            # meta.json last: until it lands, readers treat the version as not there.
-            self.storage.upload_dir(source, self.version_key(name, version), last=(META,))
+            # The marker last: until it lands, readers treat the version as not there.
+            marker = (self.layout.marker,)
+            self.storage.upload_dir(source, self.version_key(name, version), last=marker)
         return version
 
     def register_from(self, name: str, source: Storage, key: str, *, lineage: dict) -> int:
@@ -132,7 +142,7 @@ class Registry:
 
     def versions(self, name: str) -> list[int]:
         """Visible versions of `name`, ascending; NotFoundError for an unknown model."""
-        _check_name(name)
+        check_name(name)
         visible, _ = self._scan(name)
         if not visible:
             raise self._missing_model(name)
@@ -141,7 +151,7 @@ class Registry:
     def describe(self, name: str, version: int) -> dict:
         key = self.version_key(name, version)
         try:
-            meta = self.storage.read_json(f"{key}/{META}")
+            meta = self.storage.read_json(f"{key}/{self.layout.marker}")
         except NotFoundError:
             raise self._missing_version(name, version) from None
         lineage = self.storage.read_json(f"{key}/{LINEAGE}")
@@ -164,13 +174,13 @@ class Registry:
         return ref.name, ref.version
 
     def version_key(self, name: str, version: int) -> str:
-        _check_name(name)
+        check_name(name)
         return f"registry/{name}/versions/{int(version)}"
 
     def download(self, name: str, version: int, local_dir: str | Path) -> Path:
         """Copy version `version` of `name` into `local_dir` (created if needed; pass a fresh
         one, files already there are left in place)."""
-        if not self.storage.exists(f"{self.version_key(name, version)}/{META}"):
+        if not self.storage.exists(f"{self.version_key(name, version)}/{self.layout.marker}"):
             raise self._missing_version(name, version)
         return self.storage.download_dir(self.version_key(name, version), local_dir)
 
@@ -234,7 +244,7 @@ class Registry:
             if not (number.isascii() and number.isdigit()):
                 continue
             highest = max(highest, int(number))
-            if rest == META:
+            if rest == self.layout.marker:
                 visible.add(int(number))
         return sorted(visible), highest
 
@@ -246,6 +256,15 @@ class Registry:
         ):
             version += 1  # a concurrent registration took this number; try the next
         return version
+
+    def _check_directory(self, path: Path) -> Path:
+        missing = [f for f in self.layout.required if not (path / f).is_file()]
+        if missing:
+            raise ConfigError(
+                f"{path} is not a checkpoint directory: it lacks {' and '.join(missing)} "
+                f"(a checkpoint holds {', '.join(self.layout.required)})"
+            )
+        return path
 
     def _alias_key(self, name: str, alias: str) -> str:
         return f"registry/{name}/aliases/{alias}.json"
@@ -268,7 +287,9 @@ class Registry:
         return record, token
 
     def _swap(self, name: str, alias: str, record: dict, token, *, expected) -> dict:
-        if not self.storage.compare_and_swap(self._alias_key(name, alias), _dump(record), token):
+        if not self.storage.compare_and_swap(
+            self._alias_key(name, alias), dump_json(record), token
+        ):
             now, _ = self._read_alias(name, alias)
             raise _conflict(name, alias, now=now["version"] if now else None, expected=expected)
         return record
@@ -284,7 +305,7 @@ class Registry:
     def _missing_version(self, name: str, version: int, versions=None) -> NotFoundError:
         versions = versions or self.versions(name)
         return NotFoundError(
-            f"model {name!r} has no version {version}; versions: {_ranges(versions)} "
+            f"model {name!r} has no version {version}; versions: {ranges(versions)} "
             f"(latest {versions[-1]})"
         )
 
@@ -326,11 +347,7 @@ def _stamp() -> dict:
     return {"updated_at": now, "updated_by": f"{user}@{socket.gethostname()}"}
 
 
-def _dump(value) -> bytes:
-    return (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode()
-
-
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ConfigError(
             f"invalid model name {name!r}: use lowercase letters, digits, '.', '_' and '-', "
@@ -346,16 +363,6 @@ def _check_alias(alias: str) -> None:
         )
 
 
-def _check_checkpoint(path: Path) -> Path:
-    missing = [f for f in (WEIGHTS, META) if not (path / f).is_file()]
-    if missing:
-        raise ConfigError(
-            f"{path} is not a checkpoint directory: it lacks {' and '.join(missing)} "
-            f"(a checkpoint holds {WEIGHTS}, {META} and optionally train_state.pt)"
-        )
-    return path
-
-
 @contextlib.contextmanager
 def _without_lineage(path: Path):
     """The checkpoint dir itself, or a copy without lineage.json (when re-registering a registry
@@ -369,7 +376,7 @@ def _without_lineage(path: Path):
         yield copy
 
 
-def _ranges(numbers: Sequence[int]) -> str:
+def ranges(numbers: Sequence[int]) -> str:
     """[1, 2, 3, 5] -> '1-3, 5'."""
     spans: list[list[int]] = []
     for n in numbers:
@@ -378,111 +385,3 @@ def _ranges(numbers: Sequence[int]) -> str:
         else:
             spans.append([n, n])
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
-
-
-# ---------------------------------------------------------------------- CLI: raylane models
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="raylane models", description="List, show, promote and roll back registered models."
-    )
-    parser.add_argument(
-        "--storage", metavar="URI", help="storage URI (default: $RAYLANE_STORAGE or ./artifacts)"
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("list", help="models with their versions and aliases")
-    show = commands.add_parser("show", help="metrics, lineage and aliases of one version")
-    show.add_argument("ref", metavar="REF", help=REF_FORMS)
-    promote = commands.add_parser("promote", help="point an alias at a version")
-    promote.add_argument("ref", metavar="REF", help="NAME:VERSION or NAME@OTHER_ALIAS")
-    promote.add_argument("--alias", required=True, help="alias to move, e.g. production")
-    rollback = commands.add_parser("rollback", help="move an alias back to its previous version")
-    rollback.add_argument("name", metavar="NAME")
-    rollback.add_argument("--alias", required=True, help="alias to move back")
-    args = parser.parse_args(argv)
-
-    storage = Storage.from_uri(args.storage)
-    if storage.is_s3:
-        storage.check()  # a wrong endpoint, credentials or bucket fails here, within seconds
-    registry = Registry(storage)
-    handler = {"list": _list, "show": _show, "promote": _promote, "rollback": _rollback}
-    return handler[args.command](registry, args)
-
-
-def _list(registry: Registry, args) -> int:
-    models = registry.models()
-    if not models:
-        print(f"no models registered in {registry.storage.uri_for('registry')}")
-        return 0
-    rows = []
-    for name in models:
-        versions = registry.versions(name)
-        aliases = ", ".join(f"{a} -> {v}" for a, v in registry.aliases(name).items())
-        rows.append([name, _ranges(versions), str(versions[-1]), aliases or "-"])
-    print(_table(["MODEL", "VERSIONS", "LATEST", "ALIASES"], rows))
-    return 0
-
-
-def _show(registry: Registry, args) -> int:
-    name, version = registry.resolve(args.ref)
-    info = registry.describe(name, version)
-    pointing = [a for a, v in registry.aliases(name).items() if v == version]
-    print(f"{name}:{version}  {info['uri']}")
-    print(f"aliases: {', '.join(pointing) or '-'}")
-    metrics = info["meta"].get("metrics") or {}
-    print("metrics:" + ("" if metrics else " -"))
-    for key, value in sorted(metrics.items()):
-        print(f"  {key:<24} {_short(value)}")
-    print("lineage:" + ("" if info["lineage"] else " -"))
-    for key, value in sorted(info["lineage"].items()):
-        print(f"  {key:<24} {_short(value)}")
-    return 0
-
-
-def _promote(registry: Registry, args) -> int:
-    ref = ModelRef.parse(args.ref)
-    if ref.version is None and ref.alias is None:
-        # Promoting "whatever is latest" is how the wrong model reaches production: be explicit.
-        latest = registry.resolve(ref)[1]
-        raise ConfigError(
-            f"say which version to promote: {ref.name}:VERSION or {ref.name}@ALIAS "
-            f"(the latest is {ref.name}:{latest})"
-        )
-    name, version = registry.resolve(ref)
-    before = registry.aliases(name).get(args.alias)
-    # expected=before: if someone moves the alias between our read and write, say so, since the
-    # "(was N)" printed below would otherwise be wrong.
-    record = registry.promote(name, args.alias, version, expected=before)
-    was = f" (was {before})" if before is not None else " (new alias)"
-    print(f"{name}@{args.alias} -> version {record['version']}{was}")
-    return 0
-
-
-def _rollback(registry: Registry, args) -> int:
-    _check_name(args.name)
-    before = registry.resolve(ModelRef(args.name, alias=args.alias))[1]
-    record = registry.rollback(args.name, args.alias)
-    print(f"{args.name}@{args.alias} -> version {record['version']} (was {before})")
-    return 0
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    ]
-    return "\n".join(lines)
-
-
-def _short(value, width: int = 72) -> str:
-    """A metric or lineage value on one line: floats to 4 digits, structures as clipped JSON."""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-if __name__ == "__main__":
-    run_cli(main)

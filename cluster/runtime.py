@@ -15,7 +15,7 @@ import logging
 import os
 
 # Ray Train V2 answers each `ray.train.report` only at the controller's next poll of the
-# workers (2 s by default, RAY-NOTES.md). Epochs here take a second or less, so a 2 s poll
+# workers (2 s by default, docs/architecture.md, "Ray facts"). Epochs here take a second or less, so a 2 s poll
 # would dominate small runs and sweeps; 0.25 s keeps the controller cheap and reports fast.
 TRAIN_POLL_INTERVAL_S = "0.25"
 JOB_ENV_VARS = {
@@ -26,9 +26,10 @@ JOB_ENV_VARS = {
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Connect to (or start) Ray once per process; later calls are no-ops."""
+    """Connect to (or start) Ray once per process; later calls only re-apply the settings."""
     import ray
 
+    configure_process()
     if ray.is_initialized():
         return
     for name, value in JOB_ENV_VARS.items():
@@ -46,6 +47,19 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
         kwargs["include_dashboard"] = True
         kwargs["dashboard_host"] = "127.0.0.1"
     ray.init(address=address, **kwargs)
+
+
+def configure_process() -> None:
+    """Process-wide Ray settings raylane relies on, made here and nowhere else.
+
+    Ray 2.60's default (v2) Parquet datasource lists files in a task that asks for a whole
+    CPU. Beside fractional training workers and concurrent trials that CPU may never be free
+    (seen here: a sweep hung with 0.98 CPUs idle), so Ray Data reads with the v1 datasource,
+    whose read tasks take the fraction `workloads.data` asks for.
+    """
+    import ray.data
+
+    ray.data.DataContext.get_current().use_datasource_v2 = False
 
 
 def cluster_resources() -> dict[str, float]:

@@ -54,22 +54,22 @@ from ray.serve import Application
 from ray.util import metrics as ray_metrics
 from starlette.exceptions import HTTPException
 
+from cluster.config import add_common_args
 from cluster.errors import ConfigError, run_cli
-from cluster.registry import ModelRef, Registry
+from cluster.registry import ModelRef
 from cluster.storage import Storage
 from serve.batching import Batcher
+from serve.config import ServeArgs, check_batch_fits, parse_dynamic
 from serve.predictor import Prediction, Predictor
 from serve.schemas import (
     ErrorResponse,
     PredictRequest,
     PredictResponse,
     RequestError,
-    ServeArgs,
-    check_batch_fits,
     extract_instances,
-    parse_dynamic,
     parse_json_body,
 )
+from workloads.checkpoint import open_registry
 
 APP_NAME = "raylane"
 ROUTES = "POST /v1/models/NAME:predict, GET /v1/models/NAME, GET /healthz, GET /docs"
@@ -174,7 +174,7 @@ class ModelServer:
         self.args = ServeArgs.parse(args)
         env = self.args.api_key_env
         self._api_key = (os.environ.get(env) or "") if env else ""  # read once, never logged
-        self.registry = Registry(Storage.from_uri(self.args.storage))
+        self.registry = open_registry(Storage.from_uri(self.args.storage))
         self.device = "cuda" if self.args.num_gpus > 0 else "cpu"
         self.metrics = ServeMetrics()
         self.stats = BatchStats()
@@ -413,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add = parser.add_argument
     add("--model", required=True, help="NAME@ALIAS (follows the alias), NAME:VERSION or NAME")
-    add("--storage", help="storage URI (default: $RAYLANE_STORAGE or ./artifacts)")
+    add_common_args(parser, overrides=None)
     add("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1; 0.0.0.0 for all)")
     add("--port", type=int, default=8000, help="HTTP port (default 8000)")
     for name, field in ServeArgs.model_fields.items():
@@ -426,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--api-key-env", default="RAYLANE_API_KEY", help="env var holding the API key, if set")
     options = vars(parser.parse_args(argv))
 
-    host, port = options.pop("host"), options.pop("port")
+    host, port, address = options.pop("host"), options.pop("port"), options.pop("address")
     autoscaling = {
         "min_replicas": options.pop("min_replicas"),
         "max_replicas": options.pop("max_replicas"),
@@ -437,14 +437,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ServeArgs.parse(options)
 
     storage = Storage.from_uri(args.storage)
-    if storage.is_s3:
-        storage.check()
-    name, version = Registry(storage).resolve(args.model)  # fail here, not in a replica log
+    storage.check()
+    name, version = open_registry(storage).resolve(args.model)  # fail here, not in a replica log
     args = args.model_copy(update={"storage": storage.uri})
 
     from cluster.runtime import connect
 
-    connect()
+    connect(address)
     url = deploy(args, host=host, port=port)
     base = url.split("/v1/")[0]
     print(f"serving {name}:{version} ({args.model}) at {url}")

@@ -4,13 +4,13 @@
     echo '{"instances": [[0, 0, 5, 13, ...]]}' | raylane predict --model digits:3 --input -
     python -m serve.predictor --model digits@production --input samples.json --storage s3://b/p
 
-    predictor = Predictor.from_registry(Registry(storage), "digits@production")
+    predictor = Predictor.from_registry(open_registry(storage), "digits@production")
     rows = predictor.schema.parse(instances, max_instances=256)    # validated raw rows
     prediction = predictor.predict(rows)                           # labels + probabilities
 
 Serve replicas, `raylane predict` and the benchmarks all call this class, so one model gives
-the same answer everywhere; features go through `workloads.data.prepare_features`, the very
-function training used, so serving preprocessing cannot drift from training. No Ray here.
+the same answer everywhere; features go through `workloads.checkpoint.prepare_features`, the
+very function training used, so serving preprocessing cannot drift from training. No Ray here.
 The input file holds `{"instances": [...]}` or a bare list of instances (see serve/schemas.py
 for what an instance may look like); the output is the same JSON the HTTP API answers.
 """
@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cluster.config import add_common_args
 from cluster.errors import DataError, run_cli
 from cluster.registry import ModelRef, Registry
 from cluster.storage import Storage
 from serve.schemas import InputSchema, extract_instances, parse_json_body
-from workloads.checkpoint import load_model
-from workloads.data import prepare_features
+from workloads.checkpoint import load_model, open_registry, prepare_features
 
 CLI_MAX_INSTANCES = 1_000_000  # the CLI reads a local file: only memory limits it
 
@@ -92,7 +92,7 @@ class Predictor:
         return Prediction([names[i] for i in probabilities.argmax(axis=1)], probabilities)
 
     def _probabilities(self, rows: np.ndarray) -> np.ndarray:
-        features = prepare_features(rows, self.schema.section)
+        features = prepare_features(rows, self.schema.spec)
         with torch.inference_mode():
             logits = self.model(torch.as_tensor(features, device=self.device))
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
@@ -139,7 +139,7 @@ class Predictor:
         if probabilities.shape != (1, classes):
             raise DataError(
                 f"model {self.name}:{self.version} returns {probabilities.shape[1]} outputs "
-                f"but meta.json names {classes} classes"
+                f"but its checkpoint names {classes} classes"
             )
 
 
@@ -165,16 +165,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--model", required=True, help="NAME@ALIAS, NAME:VERSION or NAME")
     parser.add_argument("--input", required=True, help="JSON file of instances, or - for stdin")
-    parser.add_argument("--storage", help="storage URI (default: $RAYLANE_STORAGE or ./artifacts)")
+    add_common_args(parser, overrides=None, address=False)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     args = parser.parse_args(argv)
 
     ref = ModelRef.parse(args.model)
     instances = read_instances(args.input)  # a bad file fails before any download
     storage = Storage.from_uri(args.storage)
-    if storage.is_s3:
-        storage.check()
-    predictor = Predictor.from_registry(Registry(storage), ref, device=args.device)
+    storage.check()
+    predictor = Predictor.from_registry(open_registry(storage), ref, device=args.device)
     result = predictor.predict_instances(instances, max_instances=CLI_MAX_INSTANCES)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

@@ -1,36 +1,33 @@
-"""The edge of the HTTP API: request/response models, input validation, serving settings.
+"""The edge of the HTTP API: request/response models and input validation.
 
-    schema = InputSchema.from_meta(meta)                      # meta.json's "input" section
-    rows = schema.parse(parse_instances_body(body), max_instances=256)   # or RequestError
-    args = ServeArgs.model_validate({"model": "digits@production", "max_batch_size": 32})
+    schema = InputSchema(spec)                   # spec: the checkpoint's InputSpec
+    rows = schema.parse(extract_instances(parse_json_body(body)), max_instances=256)
 
 Pure: no Ray, no torch. Everything a client can get wrong is caught here, before a request
 reaches a batch, so one bad request can never fail the requests batched with it.
 
-What an instance may look like, for a model whose per-instance shape is S (meta.json
-`input.shape`, e.g. [1, 8, 8] for digits):
+What an instance may look like, for a model whose per-instance shape is S (the input spec's
+`shape`, e.g. [1, 8, 8] for digits):
 - float features (images, tables): a flat list of prod(S) numbers, nested lists of exactly S,
   or nested lists of S without its leading 1s ([8][8] for [1, 8, 8]). Numbers must be finite
   and within float32 range; booleans, strings and null are refused. Instances may mix forms.
 - token ids (`kind: tokens`, S = [L]): a list of 1..L integers in [0, vocab_size); shorter
   lists are padded with 0 (the padding id the Transformer masks out) at the end.
-Raw values are sent: normalization from meta.json is applied by the Predictor, exactly as in
+Raw values are sent: the checkpoint's normalization is applied by the Predictor, exactly as in
 training.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field
 
-from cluster.errors import ConfigError, DataError
-from cluster.registry import ModelRef
+from cluster.errors import DataError
+from workloads.checkpoint import InputSpec
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 BODY_FORM = '{"instances": [instance, ...]}'
@@ -115,45 +112,39 @@ def extract_instances(payload: Any, *, allow_bare_list: bool = False) -> list:
 
 @dataclass(frozen=True)
 class InputSchema:
-    """What one instance must look like, from a checkpoint's meta.json `input` section."""
+    """What one instance must look like: a checkpoint's InputSpec, read as a request validator."""
 
-    kind: str
-    shape: tuple[int, ...]
-    dtype: str
-    class_names: tuple[str, ...]
-    vocab_size: int | None
-    section: dict  # the raw meta.json section, for workloads.data.prepare_features
+    spec: InputSpec
 
     @classmethod
     def from_meta(cls, meta: dict) -> InputSchema:
-        section = meta.get("input") if isinstance(meta, dict) else None
-        try:
-            shape = tuple(int(size) for size in section["shape"])
-            names = tuple(str(name) for name in section["class_names"])
-            schema = cls(
-                kind=str(section.get("kind", "tabular")),
-                shape=shape,
-                dtype=str(section["dtype"]),
-                class_names=names,
-                vocab_size=section.get("vocab_size"),
-                section=section,
-            )
-        except (TypeError, KeyError, ValueError) as error:
-            raise DataError(
-                f"meta.json has no usable 'input' section ({type(error).__name__}: {error}); "
-                "it needs shape, dtype and class_names: re-export the checkpoint"
-            ) from None
-        if schema.tokens and not schema.vocab_size:
-            raise DataError("meta.json input: a token model needs input.vocab_size")
-        return schema
+        from workloads.checkpoint import input_spec_of
+
+        return cls(input_spec_of(meta))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.spec.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.spec.dtype
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.spec.class_names
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.spec.vocab_size
 
     @property
     def tokens(self) -> bool:
-        return self.kind == "tokens" or np.dtype(self.dtype).kind in "iu"
+        return self.spec.tokens
 
     @property
     def size(self) -> int:
-        return math.prod(self.shape)
+        return self.spec.size
 
     def accepted_shapes(self) -> list[tuple[int, ...]]:
         """Per-instance shapes accepted for float inputs: S, S without leading 1s, flat."""
@@ -176,7 +167,7 @@ class InputSchema:
 
     def describe(self) -> dict:
         return {
-            "kind": self.kind,
+            "kind": self.spec.kind,
             "shape": list(self.shape),
             "dtype": self.dtype,
             "classes": list(self.class_names),
@@ -306,131 +297,3 @@ def _json_type(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"the number {value}"
     return type(value).__name__
-
-
-# ---------------------------------------------------------------------- serving settings
-
-
-class ServeArgs(BaseModel):
-    """Arguments of `serve.app:build_app` (the `args:` of serve/config.yaml, RayService)."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str = Field(description="NAME@ALIAS (follows the alias), NAME:VERSION or NAME (latest)")
-    storage: str | None = Field(
-        default=None, description="storage URI; default $RAYLANE_STORAGE or ./artifacts"
-    )
-    max_batch_size: int = Field(default=32, ge=1, le=4096, description="requests per batch")
-    batch_wait_timeout_s: float = Field(
-        default=0.002,
-        ge=0,
-        le=10,
-        description="how long an idle model waits for more requests to batch with",
-    )
-    max_ongoing_requests: int = Field(
-        default=64, ge=1, description="requests a replica holds at once; >= max_batch_size"
-    )
-    max_queued_requests: int = Field(
-        default=-1, ge=-1, description="requests queued per caller before 503s; -1 = no limit"
-    )
-    num_replicas: int = Field(default=1, ge=1, description="fixed replicas without autoscaling")
-    autoscaling_config: dict[str, Any] | None = Field(
-        default=None,
-        description="Ray Serve autoscaling: min_replicas, max_replicas, target_ongoing_requests, "
-        "upscale_delay_s, downscale_delay_s, ...",
-    )
-    num_cpus: float = Field(default=1.0, ge=0, description="CPUs per replica (fractions allowed)")
-    num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica; > 0 serves on CUDA")
-    api_key_env: str | None = Field(
-        default="RAYLANE_API_KEY",
-        description="env var holding the API key on the replicas; unset or empty: no auth",
-    )
-    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="larger bodies get 413")
-    max_instances: int = Field(default=256, ge=1, description="instances per request")
-    watch_interval_s: float = Field(
-        default=10.0, ge=0, description="poll the alias this often for a new version; 0 = off"
-    )
-
-    _check_model = field_validator("model")(classmethod(lambda cls, value: _model_ref(value)))
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _check_env_name(cls, value: str | None) -> str | None:
-        if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(f"api_key_env {value!r} is not an environment variable name")
-        return value or None
-
-    @field_validator("autoscaling_config")
-    @classmethod
-    def _check_autoscaling(cls, value: dict | None) -> dict | None:
-        if value is None:
-            return None
-        from ray.serve.config import AutoscalingConfig  # Ray's own rules are the final word
-
-        AutoscalingConfig(**value)
-        return value
-
-    @model_validator(mode="after")
-    def _check_batching(self) -> ServeArgs:
-        check_batch_fits(self.max_batch_size, self.max_ongoing_requests)
-        return self
-
-    @classmethod
-    def parse(cls, args: dict | ServeArgs) -> ServeArgs:
-        """Validate, turning pydantic's error into a ConfigError that names each field."""
-        if isinstance(args, ServeArgs):
-            return args
-        return _validated(cls, args, what="serve args")
-
-    def dynamic(self) -> dict:
-        """The settings a running replica takes through `reconfigure` (user_config)."""
-        return {key: getattr(self, key) for key in DynamicConfig.model_fields}
-
-
-class DynamicConfig(BaseModel):
-    """A deployment's `user_config`: changes reach running replicas without a restart.
-    Keys left out keep the values the replica was started with (its ServeArgs)."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str | None = None
-    max_batch_size: int | None = Field(default=None, ge=1, le=4096)
-    batch_wait_timeout_s: float | None = Field(default=None, ge=0, le=10)
-    watch_interval_s: float | None = Field(default=None, ge=0)
-
-    _check_model = field_validator("model")(
-        classmethod(lambda cls, value: value if value is None else _model_ref(value))
-    )
-
-
-def _model_ref(value: str) -> str:
-    try:
-        return str(ModelRef.parse(value))
-    except ConfigError as error:
-        raise ValueError(str(error)) from None
-
-
-def check_batch_fits(max_batch_size: int, max_ongoing_requests: int) -> None:
-    if max_ongoing_requests < max_batch_size:
-        raise ValueError(
-            f"max_ongoing_requests ({max_ongoing_requests}) must be >= max_batch_size "
-            f"({max_batch_size}): a replica never holds more requests than "
-            "max_ongoing_requests, so larger batches could never fill"
-        )
-
-
-def _validated(model: type[BaseModel], values: Any, *, what: str):
-    from pydantic import ValidationError
-
-    try:
-        return model.model_validate(values)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or what}: {e['msg'].removeprefix('Value error, ')}"
-            for e in error.errors()
-        )
-        raise ConfigError(f"invalid {what}: {problems}") from None
-
-
-def parse_dynamic(values: Any) -> DynamicConfig:
-    return _validated(DynamicConfig, values or {}, what="user_config")

@@ -8,6 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from cluster.storage import Storage
+from cluster.text import format_table as aligned
+from workloads.checkpoint import meta_key
 
 
 def summary_rows(results, sweep, storage: Storage) -> list[dict]:
@@ -48,7 +50,7 @@ def _best_checkpointed(frame, sweep, storage: Storage):
     candidates = candidates.sort_values(sweep.metric, ascending=sweep.mode == "min")
     for _, row in candidates.iterrows():
         key = storage.key_from_arrow_path(row["checkpoint_path"])
-        if storage.exists(f"{key}/meta.json"):  # top-k retention may have removed others
+        if storage.exists(meta_key(key)):  # top-k retention may have removed others
             return float(row[sweep.metric]), int(row["epoch"]), key
     return None
 
@@ -61,16 +63,12 @@ def format_table(result, sweep) -> str:
     """An aligned text table, best trial first."""
     params = list(sweep.space)
     header = ["#", "trial", *(p.split(".")[-1] for p in params), "epochs", "status", sweep.metric]
-    lines = [header]
+    lines = []
     for rank, row in enumerate(result.rows, 1):
         metric = "-" if row["metric"] is None else f"{row['metric']:.4f}"
         values = [_fmt(row["params"].get(p)) for p in params]
         lines.append([str(rank), row["trial"], *values, str(row["epochs"]), row["status"], metric])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = [
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines
-    ]
-    text.insert(1, "  ".join("-" * w for w in widths))
+    text = [aligned(header, lines, rule=True)]
     trained = sum(row["epochs"] for row in result.rows)
     text.append(
         f"\n{len(result.rows)} trials, {trained} epochs trained "

@@ -23,16 +23,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cluster.errors import ConfigError, RaylaneError, run_cli
+from cluster.config import add_common_args, validate
+from cluster.errors import ConfigError, RaylaneError, first_line, run_cli
 from cluster.storage import Storage
+from tune.config import SweepConfig, load_sweep_config, sweep_presets
 from tune.report import plot_trials, summary_rows, write_summary
-from tune.space import (
-    SweepConfig,
-    base_training_config,
-    load_sweep_config,
-    trial_config,
-    tune_space,
-)
+from tune.space import base_training_config, trial_config, tune_space
+from workloads.checkpoint import meta_key, open_registry
 from workloads.config import JobConfig
 from workloads.train import prepare_data
 
@@ -61,7 +58,6 @@ def run_trial(
     from ray import tune as ray_tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from workloads.config import JobConfig, validate
     from workloads.train import run_training
 
     trial_id = ray_tune.get_context().get_trial_id()
@@ -207,7 +203,7 @@ def run_sweep(
     results = build_tuner(sweep, storage, resume=resume).fit()
     rows = summary_rows(results, sweep, storage)
     errors = [
-        f"trial {r.path.rsplit('/', 1)[-1]}: {_first_line(r.error)}"
+        f"trial {r.path.rsplit('/', 1)[-1]}: {first_line(r.error)}"
         for r in results
         if r.error is not None
     ]
@@ -226,10 +222,8 @@ def run_sweep(
 
 
 def register_best(storage: Storage, sweep: SweepConfig, best: dict, name: str, alias: str | None):
-    from cluster.registry import Registry
-
-    registry = Registry(storage)
-    meta = storage.read_json(f"{best['checkpoint_key']}/meta.json")
+    registry = open_registry(storage)
+    meta = storage.read_json(meta_key(best["checkpoint_key"]))
     lineage = {
         "sweep": sweep.name,
         "trial": best["trial"],
@@ -247,15 +241,8 @@ def register_best(storage: Storage, sweep: SweepConfig, best: dict, name: str, a
     return {"name": name, "version": version, "alias": alias}
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else type(error).__name__
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from tune.space import SWEEP_PRESETS
-
-    presets = ", ".join(sorted(p.stem for p in SWEEP_PRESETS.glob("*.yaml")))
+    presets = ", ".join(sweep_presets())
     parser = argparse.ArgumentParser(
         prog="raylane sweep",
         description="Sweep hyperparameters with Ray Tune (ASHA early stopping); register the "
@@ -264,24 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", default="digits-sweep", help=f"sweep preset ({presets}) or YAML"
     )
-    parser.add_argument(
-        "--storage",
-        help="s3://bucket/prefix or a directory (default: $RAYLANE_STORAGE or ./artifacts)",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a sweep field, e.g. --set num_samples=16",
-    )
+    add_common_args(parser, overrides="override a sweep field, e.g. --set num_samples=16")
     parser.add_argument("--resume", action="store_true", help="restore an interrupted sweep")
     parser.add_argument("--register", metavar="NAME", help="register the best checkpoint as NAME")
     parser.add_argument(
         "--promote", metavar="ALIAS", help="then point ALIAS (e.g. production) at it"
     )
     parser.add_argument("--plot-dir", default=".", help="where to save the plot locally")
-    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     return parser
 
 

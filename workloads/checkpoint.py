@@ -1,38 +1,170 @@
 """The checkpoint contract: a directory that rebuilds a model with no code guesswork.
 
     model.safetensors   weights (safetensors: loading never unpickles)
-    meta.json           format version, model spec, input schema, config, epoch/step,
-                        metrics, library versions; written last
+    meta.json           format version, model spec, input spec, config, epoch, metrics,
+                        library versions; written last, so its presence marks a whole checkpoint
     train_state.pt      optional optimizer/scheduler/RNG state, loaded with weights_only=True
 
+    meta = build_meta(spec=spec, input_spec=info.input_spec(), config=job, epoch=3, ...)
     save_checkpoint(directory, model=model, meta=meta, train_state=state)
     model, meta = load_model(directory)
+    registry = open_registry(storage)          # a Registry that knows this contract
 
 The same directory is what Ray Train reports, what the registry stores as a version, and what
-Serve loads.
+Serve loads. This is the only module that names the files; everyone else asks it (`meta_key`,
+`read_meta`, `load_weights`, ...). The input spec and the feature preparation that training and
+serving share live here too, so a served model sees exactly the inputs it was trained on.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from cluster.errors import DataError
+from cluster.registry import Registry, VersionLayout
+from cluster.storage import Storage
 from workloads.models import build_model
 
 FORMAT_VERSION = 1
 WEIGHTS, META, TRAIN_STATE = "model.safetensors", "meta.json", "train_state.pt"
+LAYOUT = VersionLayout(required=(WEIGHTS, META), marker=META)
+
+
+def open_registry(storage: Storage) -> Registry:
+    """The model registry in `storage`, with versions laid out as checkpoints."""
+    return Registry(storage, layout=LAYOUT)
+
+
+def meta_key(checkpoint_key: str) -> str:
+    """Storage key of a stored checkpoint's meta.json."""
+    return f"{checkpoint_key.rstrip('/')}/{META}"
+
+
+# ---------------------------------------------------------------------- the input spec
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one example is: the `input` section of meta.json.
+
+    `shape`/`dtype` are the model input per example; `feature_columns` name the Parquet
+    columns (several scalar columns: one feature each, in this order; one column: a list per
+    row); `normalization` is the train split's mean/std, applied in `prepare_features`.
+    """
+
+    kind: str  # "image" | "tabular" | "tokens"
+    shape: tuple[int, ...]
+    dtype: str  # "float32" | "int64"
+    class_names: tuple[str, ...]
+    feature_columns: tuple[str, ...] = ("features",)
+    label_column: str = "label"
+    label_encoding: str = "index"  # "index": labels are 0..K-1; "names": str(label) in classes
+    vocab_size: int | None = None
+    normalization: dict | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_dict(cls, section: Any) -> InputSpec:
+        """meta.json's `input` -> InputSpec, or DataError naming what is missing."""
+        try:
+            spec = cls(
+                kind=str(section.get("kind", "tabular")),
+                shape=tuple(int(size) for size in section["shape"]),
+                dtype=str(np.dtype(section["dtype"])),
+                class_names=tuple(str(name) for name in section["class_names"]),
+                feature_columns=tuple(section.get("feature_columns") or ("features",)),
+                label_column=str(section.get("label_column", "label")),
+                label_encoding=str(section.get("label_encoding", "index")),
+                vocab_size=section.get("vocab_size"),
+                normalization=section.get("normalization"),
+            )
+        except (AttributeError, TypeError, KeyError, ValueError) as error:
+            raise DataError(
+                f"meta.json has no usable 'input' section ({type(error).__name__}: {error}); "
+                "it needs shape, dtype and class_names: re-export the checkpoint"
+            ) from None
+        if spec.tokens and not spec.vocab_size:
+            raise DataError("meta.json input: a token model needs input.vocab_size")
+        return spec
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @property
+    def tokens(self) -> bool:
+        return self.kind == "tokens" or np.dtype(self.dtype).kind in "iu"
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+def stack_features(batch: dict[str, np.ndarray], columns: tuple[str, ...] | list[str]):
+    """Columns of a batch -> one 2-D array of flat rows, columns in the spec's order."""
+    if len(columns) == 1:
+        values = batch[columns[0]]
+        return np.stack(values) if values.dtype == object else values.reshape(len(values), -1)
+    return np.stack([batch[c] for c in columns], axis=1)
+
+
+def prepare_features(rows: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Flat rows -> model input: cast, normalize, reshape. Training and serving both call it."""
+    x = rows.reshape(len(rows), -1).astype(np.dtype(spec.dtype), copy=False)
+    if spec.normalization:
+        mean = np.asarray(spec.normalization["mean"], np.float32)
+        std = np.asarray(spec.normalization["std"], np.float32)
+        x = (x - mean) / std
+    return x.reshape(len(x), *spec.shape)
+
+
+def encode_labels(labels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Label values -> class indices, as the spec's label_encoding says."""
+    if spec.label_encoding == "index":
+        return labels.astype(np.int64)
+    index = {name: i for i, name in enumerate(spec.class_names)}
+    return np.array([index[str(v)] for v in labels], dtype=np.int64)
+
+
+# ---------------------------------------------------------------------- writing
 
 
 def library_versions() -> dict[str, str]:
     import ray
 
     return {"torch": torch.__version__, "ray": ray.__version__, "python": platform.python_version()}
+
+
+def build_meta(
+    *,
+    spec: dict,
+    input_spec: InputSpec,
+    config: dict,
+    run_name: str,
+    data_fingerprint: str,
+    data_uri: str,
+    epoch: int,
+    metrics: dict,
+) -> dict[str, Any]:
+    """The meta.json of a training checkpoint (format and library versions are added on save)."""
+    return {
+        "model": spec,
+        "input": input_spec.to_dict(),
+        "config": config,
+        "run_name": run_name,
+        "data_fingerprint": data_fingerprint,
+        "data_uri": data_uri,
+        "epoch": epoch,
+        "metrics": metrics,
+    }
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -61,14 +193,19 @@ def save_checkpoint(
     return directory
 
 
+# ---------------------------------------------------------------------- reading
+
+
 def read_meta(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / META
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
         raise DataError(f"{directory} is not a complete checkpoint: {META} is missing") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} is not a JSON object: re-export the checkpoint")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise DataError(
@@ -78,12 +215,22 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
+def input_spec_of(meta: dict) -> InputSpec:
+    return InputSpec.from_dict(meta.get("input"))
+
+
+def load_weights(directory: str | Path, *, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint directory, as a state dict (never unpickled)."""
+    return load_file(str(Path(directory) / WEIGHTS), device=device)
+
+
 def load_model(directory: str | Path, *, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model from meta.json and load its weights; returns (model in eval mode, meta)."""
     meta = read_meta(directory)
-    model = build_model(meta["model"])
-    weights = load_file(str(Path(directory) / WEIGHTS), device=device)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    model = build_model(meta.get("model"))
+    missing, unexpected = model.load_state_dict(
+        load_weights(directory, device=device), strict=False
+    )
     if missing or unexpected:
         raise DataError(
             f"weights in {directory} do not fit the model in {META}: missing {missing[:5]}, "

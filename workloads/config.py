@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from cluster.errors import ConfigError
+from cluster.config import Metric, Strict, apply_overrides, mode_of, read_yaml, validate
+from cluster.config import presets as _presets
+from workloads.datasets import DATASETS
 
 PRESET_DIR = Path(__file__).parent / "configs"
-EMBEDDED_DATASETS = ("digits", "breast-cancer", "synthetic-tabular", "synthetic-text")
+EMBEDDED_DATASETS = tuple(DATASETS)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """What network to build; the input and output sizes come from the dataset."""
 
     family: Literal["mlp", "cnn", "transformer", "custom"] = "mlp"
@@ -54,7 +51,7 @@ class ModelConfig(_Strict):
         return self
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     """Where the examples are and which columns hold features and labels."""
 
     dataset: str = Field(
@@ -84,7 +81,7 @@ class DataConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     """How to train: optimization, scale, checkpoints, faults."""
 
     epochs: int = Field(default=10, gt=0)
@@ -112,16 +109,16 @@ class TrainConfig(_Strict):
         "this many MB (later epochs then skip Ray Data); 0 streams every epoch",
     )
     keep_checkpoints: int = Field(default=2, gt=0, description="best-k checkpoints kept")
-    metric: Literal["val_accuracy", "val_f1_macro", "val_auc_roc", "val_loss"] = "val_accuracy"
+    metric: Metric = "val_accuracy"
     max_failures: int = Field(default=2, ge=-1, description="worker-group restarts; -1: forever")
     seed: int = 0
 
     @property
     def mode(self) -> Literal["min", "max"]:
-        return "min" if self.metric == "val_loss" else "max"
+        return mode_of(self.metric)
 
 
-class JobConfig(_Strict):
+class JobConfig(Strict):
     """One training job. `name` is the run name: re-running the same name resumes it."""
 
     name: str = "raylane"
@@ -137,83 +134,12 @@ class JobConfig(_Strict):
         return value
 
 
-Config = TypeVar("Config", bound=BaseModel)
-
-
-def presets(directory: Path = PRESET_DIR) -> list[str]:
-    return sorted(p.stem for p in directory.glob("*.yaml"))
-
-
-def read_yaml(preset_or_path: str, directory: Path = PRESET_DIR) -> dict[str, Any]:
-    """A preset name from `directory`, or a YAML file path."""
-    path = Path(preset_or_path)
-    if not path.suffix:
-        path = directory / f"{preset_or_path}.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"config {preset_or_path!r} not found: pass a preset "
-            f"({', '.join(presets(directory))}) or a path to a YAML file"
-        )
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config sections")
-    return data
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b=c` overrides (value parsed as YAML) to a nested dict, in place."""
-    for override in overrides:
-        key, sep, raw = override.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {override!r} must look like key.sub=value")
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {override!r}: {part!r} is not a section")
-        try:
-            node[leaf] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            node[leaf] = raw
-    return data
-
-
-def validate(model: type[Config], data: dict[str, Any], source: str = "config") -> Config:
-    """Build `model` from `data`, turning pydantic errors into one readable ConfigError."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(f"invalid {source}:\n" + describe_errors(model, error)) from None
-
-
-def describe_errors(model: type[BaseModel], error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        if item["type"] == "extra_forbidden":
-            allowed = ", ".join(_fields_at(model, item["loc"][:-1]))
-            lines.append(f"  {field}: unknown field; allowed here: {allowed}")
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"  {field}: {message} (got {item.get('input')!r})")
-    return "\n".join(lines)
-
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    for part in loc:
-        annotation = model.model_fields[part].annotation if part in model.model_fields else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return sorted(model.model_fields)
+def presets() -> list[str]:
+    return _presets(PRESET_DIR)
 
 
 def load_job_config(preset_or_path: str, overrides: list[str] | None = None) -> JobConfig:
     """Defaults <- preset/YAML file <- `key=value` overrides, validated."""
-    data = apply_overrides(read_yaml(preset_or_path), list(overrides or []))
+    data = apply_overrides(read_yaml(preset_or_path, PRESET_DIR), list(overrides or []))
     data.setdefault("name", Path(preset_or_path).stem)
     return validate(JobConfig, data, source=f"config {preset_or_path!r}")

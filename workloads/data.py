@@ -1,8 +1,8 @@
 """Datasets as Parquet in storage, and the Ray Data pipeline that feeds the training workers.
 
-    raylane data prepare digits --storage s3://raylane       # or breast-cancer, synthetic-*
-    raylane data prepare synthetic-tabular --rows 500000
-    python -m workloads.data prepare synthetic-text
+    info = prepare(storage, "digits")                 # `raylane data prepare digits`
+    info = resolve(job.data, storage)                 # embedded (prepared on first use) or user
+    train, validation = load_splits(job.data, info)   # Ray Datasets
 
 Embedded datasets land in `<storage>/datasets/<name>/` as Parquet parts plus `dataset.json`
 (feature shape and dtype, class names, vocabulary, fingerprint), written last so that a
@@ -16,25 +16,23 @@ each worker iterates its own shard with `iter_torch_batches`.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from cluster.errors import DataError, run_cli
+from cluster.errors import DataError
 from cluster.storage import Storage
-from workloads.config import EMBEDDED_DATASETS, DataConfig
+from workloads.checkpoint import InputSpec, encode_labels, stack_features
+from workloads.config import DataConfig
+from workloads.datasets import DATASETS
 
 MANIFEST = "dataset.json"
 ROWS_PER_PART = 100_000
 # Ray Data tasks ask for a fraction of a CPU so they can run beside fractional training
 # workers and concurrent trials on a small machine instead of waiting for a whole core.
 DATA_TASK_CPUS = 0.25
-TEXT_VOCAB, TEXT_LEN, TEXT_CLASSES = 64, 32, 4
 
 
 @dataclass
@@ -59,91 +57,33 @@ class DatasetInfo:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def input_schema(self) -> dict:
-        """The `input` section of a checkpoint's meta.json."""
-        return {
-            "kind": self.kind,
-            "shape": self.feature_shape,
-            "dtype": self.feature_dtype,
-            "class_names": self.class_names,
-            "vocab_size": self.vocab_size,
-            "normalization": self.normalization,
-            "feature_columns": self.feature_columns,
-            "label_column": self.label_column,
-            "label_encoding": self.label_encoding,
-        }
+    def input_spec(self) -> InputSpec:
+        """The `input` section of a checkpoint's meta."""
+        return InputSpec(
+            kind=self.kind,
+            shape=tuple(self.feature_shape),
+            dtype=self.feature_dtype,
+            class_names=tuple(self.class_names),
+            feature_columns=tuple(self.feature_columns),
+            label_column=self.label_column,
+            label_encoding=self.label_encoding,
+            vocab_size=self.vocab_size,
+            normalization=self.normalization,
+        )
 
 
 # ---------------------------------------------------------------------- embedded datasets
 
 
-def dataset_key(name: str, rows: int | None = None) -> str:
-    """Storage key of an embedded dataset; synthetic sets carry their size in the name."""
-    return f"datasets/{name}-{rows}" if name.startswith("synthetic") else f"datasets/{name}"
-
-
-def generate(name: str, *, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(features, labels, facts) of an embedded dataset, generated in memory."""
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        raw = load_digits()
-        features = raw.images.astype(np.float32)[:, None, :, :]  # N, 1, 8, 8
-        return features, raw.target, {"kind": "image", "class_names": [str(c) for c in range(10)]}
-    if name == "breast-cancer":
-        from sklearn.datasets import load_breast_cancer
-
-        raw = load_breast_cancer()
-        names = [str(n) for n in raw.target_names]
-        return raw.data.astype(np.float32), raw.target, {"kind": "tabular", "class_names": names}
-    if name == "synthetic-tabular":
-        from sklearn.datasets import make_classification
-
-        features, labels = make_classification(
-            n_samples=rows,
-            n_features=32,
-            n_informative=16,
-            n_redundant=4,
-            n_classes=4,
-            class_sep=1.5,
-            random_state=seed,
-        )
-        names = [f"class_{c}" for c in range(4)]
-        return features.astype(np.float32), labels, {"kind": "tabular", "class_names": names}
-    if name == "synthetic-text":
-        features, labels = _synthetic_text(rows, seed)
-        names = [f"topic_{c}" for c in range(TEXT_CLASSES)]
-        return features, labels, {"kind": "tokens", "class_names": names, "vocab_size": TEXT_VOCAB}
-    raise DataError(f"unknown dataset {name!r}; embedded: {', '.join(EMBEDDED_DATASETS)}")
-
-
-def _synthetic_text(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token sequences whose class is the keyword that appears most often.
-
-    Tokens 1..4 are the class keywords, 5.. are filler, 0 is padding. Each sequence holds its
-    class keyword 3-5 times and one other keyword 1-2 times at random positions, then is
-    padded to a random length: learnable by attention or pooling, not by position alone.
-    """
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, TEXT_CLASSES, size=rows)
-    tokens = rng.integers(1 + TEXT_CLASSES, TEXT_VOCAB, size=(rows, TEXT_LEN))
-    lengths = rng.integers(TEXT_LEN // 2, TEXT_LEN + 1, size=rows)
-    for i in range(rows):
-        positions = rng.permutation(lengths[i])
-        own, other = rng.integers(3, 6), rng.integers(1, 3)
-        distractor = (labels[i] + rng.integers(1, TEXT_CLASSES)) % TEXT_CLASSES
-        tokens[i, positions[:own]] = 1 + labels[i]
-        tokens[i, positions[own : own + other]] = 1 + distractor
-        tokens[i, lengths[i] :] = 0
-    return tokens.astype(np.int64), labels
-
-
 def prepare(storage: Storage, name: str, *, rows: int = 20_000, seed: int = 0) -> DatasetInfo:
     """Write an embedded dataset to storage as Parquet (idempotent) and return its info."""
-    key = dataset_key(name, rows)
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; embedded: {', '.join(DATASETS)}")
+    dataset = DATASETS[name]
+    key = dataset.key(rows)
     if storage.exists(f"{key}/{MANIFEST}"):
         return DatasetInfo(**storage.read_json(f"{key}/{MANIFEST}"))
-    features, labels, facts = generate(name, rows=rows, seed=seed)
+    features, labels = dataset.generate(rows=rows, seed=seed)
     flat = features.reshape(len(features), -1)
     digest = hashlib.sha256(f"{name}:{rows}:{seed}".encode())
     import pyarrow.parquet as pq
@@ -163,16 +103,16 @@ def prepare(storage: Storage, name: str, *, rows: int = 20_000, seed: int = 0) -
         storage.write_bytes(f"{key}/part-{part:05d}.parquet", buffer.getvalue().to_pybytes())
         digest.update(chunk.tobytes())
     info = DatasetInfo(
-        kind=facts["kind"],
+        kind=dataset.kind,
         feature_shape=list(features.shape[1:]),
         feature_dtype=str(features.dtype),
-        class_names=facts["class_names"],
+        class_names=list(dataset.class_names),
         feature_columns=["features"],
         label_column="label",
         uri=storage.uri_for(key),
         fingerprint=digest.hexdigest()[:16],
         rows=len(flat),
-        vocab_size=facts.get("vocab_size"),
+        vocab_size=dataset.vocab_size,
     )
     storage.write_json(f"{key}/{MANIFEST}", asdict(info))  # last: the dataset is now complete
     return info
@@ -273,7 +213,7 @@ def data_uri(config: DataConfig, info: DatasetInfo) -> str:
     return config.path if config.dataset == "parquet" else info.uri
 
 
-def read_split(uri: str, input_schema: dict, *, validation_fraction: float, split: str):
+def read_split(uri: str, spec: InputSpec, *, validation_fraction: float, split: str):
     """One split as (features, labels) numpy arrays, read in this process without Ray.
 
     The same row hash as `load_splits` picks the rows, so a checkpoint can be re-evaluated
@@ -282,24 +222,16 @@ def read_split(uri: str, input_schema: dict, *, validation_fraction: float, spli
     import pyarrow.dataset as pads
 
     fs, path = Storage.from_uri(uri).arrow_filesystem()
-    columns = [*input_schema["feature_columns"], input_schema["label_column"]]
+    columns = [*spec.feature_columns, spec.label_column]
     table = pads.dataset(parquet_files(fs, path), filesystem=fs, format="parquet").to_table(
         columns=columns
     )
     batch = {name: _column_numpy(table.column(name)) for name in columns}
-    features = stack_features(batch, input_schema["feature_columns"])
+    features = stack_features(batch, spec.feature_columns)
     in_validation = _row_hash(features) < int(validation_fraction * 2**32)
     rows = in_validation if split == "validation" else ~in_validation
-    labels = encode_labels(batch[input_schema["label_column"]][rows], input_schema)
+    labels = encode_labels(batch[spec.label_column][rows], spec)
     return features[rows], labels
-
-
-def encode_labels(labels: np.ndarray, input_schema: dict) -> np.ndarray:
-    """Label values -> class indices, as the schema's label_encoding says."""
-    if input_schema.get("label_encoding", "index") == "index":
-        return labels.astype(np.int64)
-    index = {name: i for i, name in enumerate(input_schema["class_names"])}
-    return np.array([index[str(v)] for v in labels], dtype=np.int64)
 
 
 def _column_numpy(column: pa.ChunkedArray) -> np.ndarray:
@@ -315,10 +247,8 @@ def load_splits(config: DataConfig, info: DatasetInfo):
     """(train, validation) Ray Datasets, split by a hash of each row's features."""
     import ray.data
 
-    # Ray 2.60's default Parquet reader lists files in a task that asks for a whole CPU. Beside
-    # fractional training workers and concurrent trials that CPU may never be free (seen here:
-    # a sweep hung with 0.98 CPUs idle), so read with the reader whose tasks take our share.
-    ray.data.DataContext.get_current().use_datasource_v2 = False
+    # Reads with Ray Data's v1 Parquet datasource, whose tasks take DATA_TASK_CPUS:
+    # cluster/runtime.py switches it on where Ray is connected (see the reason there).
     source = Storage.from_uri(data_uri(config, info))
     fs, path = source.arrow_filesystem()
     columns = [*info.feature_columns, info.label_column]
@@ -347,13 +277,6 @@ def _row_hash(features: np.ndarray) -> np.ndarray:
     return hashes.astype(np.int64)
 
 
-def stack_features(batch: dict[str, np.ndarray], columns: list[str]) -> np.ndarray:
-    if len(columns) == 1:
-        values = batch[columns[0]]
-        return np.stack(values) if values.dtype == object else values.reshape(len(values), -1)
-    return np.stack([batch[c] for c in columns], axis=1)
-
-
 def compute_normalization(train, info: DatasetInfo) -> dict | None:
     """Mean/std of float features over the training split (one scalar pair for images)."""
     if info.feature_dtype != "float32":
@@ -372,51 +295,3 @@ def compute_normalization(train, info: DatasetInfo) -> dict | None:
     std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
     std = np.where(std < 1e-6, 1.0, std)
     return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
-
-
-def prepare_features(features: np.ndarray, input_schema: dict) -> np.ndarray:
-    """Flat rows -> model input: cast, normalize, reshape to the schema's shape."""
-    dtype = np.dtype(input_schema["dtype"])
-    x = features.reshape(len(features), -1).astype(dtype, copy=False)
-    norm = input_schema.get("normalization")
-    if norm:
-        mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
-        x = (x - mean) / std
-    return x.reshape(len(x), *input_schema["shape"])
-
-
-# ---------------------------------------------------------------------- command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="raylane data", description="Write an embedded dataset to storage as Parquet."
-    )
-    sub = parser.add_subparsers(dest="action", required=True)
-    prep = sub.add_parser("prepare", help="generate a dataset and write it to storage")
-    prep.add_argument("name", choices=EMBEDDED_DATASETS)
-    prep.add_argument("--rows", type=int, default=20_000, help="rows for synthetic-* datasets")
-    prep.add_argument("--seed", type=int, default=0)
-    prep.add_argument("--storage", help="s3://bucket/prefix or a directory ($RAYLANE_STORAGE)")
-    args = parser.parse_args(argv)
-
-    storage = Storage.from_uri(args.storage)
-    storage.check()
-    info = prepare(storage, args.name, rows=args.rows, seed=args.seed)
-    print(
-        json.dumps(
-            {
-                "uri": info.uri,
-                "rows": info.rows,
-                "shape": info.feature_shape,
-                "classes": info.num_classes,
-                "fingerprint": info.fingerprint,
-            },
-            indent=2,
-        )
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -3,7 +3,7 @@
     python -m workloads.evaluate s3://raylane/runs/digits-cnn/checkpoint-epoch-0012
     python -m workloads.evaluate ./artifacts/registry/digits/versions/3
 
-Rebuilds the model from meta.json, reads the dataset recorded there, selects the same
+Rebuilds the model from the checkpoint's meta, reads the dataset recorded there, selects the same
 validation rows as training did, and prints the metrics next to the ones recorded at
 training time: a checkpoint that reproduces its numbers is a checkpoint you can trust.
 """
@@ -20,25 +20,25 @@ import torch
 
 from cluster.errors import run_cli
 from cluster.storage import Storage
-from workloads.checkpoint import load_model
-from workloads.data import prepare_features, read_split
+from workloads.checkpoint import input_spec_of, load_model, prepare_features, read_meta
+from workloads.data import read_split
 from workloads.step import classification_metrics, predict_logits
 
 
 def evaluate_directory(directory: str | Path, *, batch_size: int = 1024) -> dict[str, float]:
     """Validation metrics of the checkpoint in a local directory."""
     model, meta = load_model(directory)
-    schema = meta["input"]
+    spec = input_spec_of(meta)
     fraction = meta["config"]["data"]["validation_fraction"]
     features, labels = read_split(
-        meta["data_uri"], schema, validation_fraction=fraction, split="validation"
+        meta["data_uri"], spec, validation_fraction=fraction, split="validation"
     )
     logits = []
     for start in range(0, len(features), batch_size):
-        batch = prepare_features(features[start : start + batch_size], schema)
+        batch = prepare_features(features[start : start + batch_size], spec)
         logits.append(predict_logits(model, torch.as_tensor(batch)).numpy())
     logits = torch.cat([torch.as_tensor(x) for x in logits]).numpy()
-    metrics = classification_metrics(logits, labels, len(schema["class_names"]))
+    metrics = classification_metrics(logits, labels, len(spec.class_names))
     return {f"val_{k}": v for k, v in metrics.items()}
 
 
@@ -46,7 +46,7 @@ def evaluate_uri(uri: str) -> tuple[dict[str, float], dict[str, float]]:
     """(metrics now, metrics recorded at training time) for a checkpoint at any storage URI."""
     with tempfile.TemporaryDirectory(prefix="raylane-eval-") as tmp:
         directory = Storage.from_uri(uri).download_dir("", tmp)
-        recorded = json.loads((Path(directory) / "meta.json").read_text())["metrics"]
+        recorded = read_meta(directory).get("metrics", {})
         return evaluate_directory(directory), recorded
 
 

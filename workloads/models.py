@@ -1,7 +1,7 @@
 """The networks raylane trains: MLP, CNN, Transformer, plus user models plugged in by name.
 
     spec = model_spec(config.model, input_shape=[1, 8, 8], num_classes=10)
-    model = build_model(spec)          # the same call rebuilds it from a checkpoint's meta.json
+    model = build_model(spec)          # the same call rebuilds it from a checkpoint's meta
 
 Every model here is a plain `nn.Module` that knows nothing about Ray, devices or DDP; the
 worker applies those. Inputs: MLP takes float features of any shape (flattened), CNN takes
@@ -9,7 +9,7 @@ float images (N, C, H, W), Transformer takes int64 token ids (N, L) with 0 as pa
 All return float logits (N, num_classes).
 
 A *model spec* is a JSON-able dict that rebuilds a model with no guesswork; it is stored in
-every checkpoint's meta.json:
+every checkpoint's meta (workloads/checkpoint.py):
 
     {"family": "cnn", "kwargs": {"in_channels": 1, "height": 8, ...}}
     {"family": "custom", "class": "mypkg.nets:ResNetish", "kwargs": {...}}
@@ -22,7 +22,7 @@ subclasses, importable on every Ray worker and Serve replica (installed, or ship
 
 where `input_shape` is the per-example feature shape the dataset gives (e.g. [1, 8, 8] or
 [30]) and the forward pass maps a batch (N, *input_shape) to logits (N, K). custom_kwargs
-must be JSON-able since they are written into meta.json.
+must be JSON-able since they are written into the checkpoint's meta.
 """
 
 from __future__ import annotations

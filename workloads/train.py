@@ -6,8 +6,8 @@
 
 Checkpoints go to `<storage>/runs/<name>/checkpoint-epoch-NNNN/` and a summary to
 `<storage>/runs/<name>/summary.json`. The run name (the config's `name`, or `--name`) is
-stable: running the same name again resumes from its latest checkpoint, and a finished run
-returns at once with its results.
+stable: running the same name again resumes from its latest checkpoint, and a run that already
+finished with the same config returns its stored summary at once (no data read, no workers).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cluster.errors import ConfigError, RaylaneError, run_cli
+from cluster.config import add_common_args
+from cluster.errors import ConfigError, RaylaneError, first_line, run_cli
 from cluster.storage import Storage
 from workloads import data
 from workloads.config import JobConfig, load_job_config, presets
@@ -34,6 +35,18 @@ class TrainingSummary:
     best_checkpoint_uri: str | None
     epochs: int
     seconds: float
+    config: dict | None = None  # the JobConfig it ran with: a re-run of the same returns this
+
+
+def finished_run(config: JobConfig, storage: Storage, runs_prefix: str = "runs"):
+    """The stored summary of run `config.name` if it already finished with this very config."""
+    key = f"{runs_prefix}/{config.name}/summary.json"
+    if not storage.exists(key):
+        return None
+    stored = storage.read_json(key)
+    if stored.get("config") != config.model_dump(mode="json"):
+        return None
+    return TrainingSummary(**stored)
 
 
 def run_training(
@@ -62,10 +75,16 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     from cluster.runtime import connect
-    from workloads.worker import train_loop_per_worker
+    from workloads.worker import LoopConfig, train_loop_per_worker
 
     started = time.monotonic()
     storage.check()  # fail fast, before anything is written
+    done = finished_run(config, storage, runs_prefix)
+    if done is not None:
+        if verbose:
+            print(f"[{config.name}] already finished with this config; its summary:")
+            print(format_summary(done), flush=True)
+        return done
     info = prepared.info if prepared else data.resolve(config.data, storage)
     spec = model_spec(
         config.model,
@@ -92,14 +111,15 @@ def run_training(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "job": config.model_dump(),
-            "spec": spec,
-            "input": info.input_schema(),
-            "storage_uri": storage.uri,
-            "run_name": config.name,
-            "run_key": f"{runs_prefix}/{config.name}",
-            "fingerprint": info.fingerprint,
-            "data_uri": data.data_uri(config.data, info),
+            "loop": LoopConfig(
+                job=config,
+                spec=spec,
+                input_spec=info.input_spec(),
+                storage_uri=storage.uri,
+                run_key=f"{runs_prefix}/{config.name}",
+                data_fingerprint=info.fingerprint,
+                data_uri=data.data_uri(config.data, info),
+            )
         },
         scaling_config=ScalingConfig(
             num_workers=config.train.num_workers,
@@ -161,12 +181,7 @@ def fit(trainer, name: str):
         return trainer.fit()
     except TrainingFailedError as error:
         cause = error.__cause__ or error
-        raise RaylaneError(f"training run {name!r} failed: {_first_line(cause)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[-1] if text else ''}"
+        raise RaylaneError(f"training run {name!r} failed: {first_line(cause)}") from None
 
 
 def summarize(result, config: JobConfig, storage: Storage, seconds: float) -> TrainingSummary:
@@ -183,6 +198,7 @@ def summarize(result, config: JobConfig, storage: Storage, seconds: float) -> Tr
         best_checkpoint_uri=storage.uri_for(key) if key else None,
         epochs=int((result.metrics or {}).get("epoch", metrics.get("epoch", 0))),
         seconds=round(seconds, 1),
+        config=config.model_dump(mode="json"),
     )
 
 
@@ -215,21 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="debug",
         help=f"preset ({', '.join(presets())}) or a YAML file (default: debug)",
     )
-    parser.add_argument(
-        "--storage",
-        help="s3://bucket/prefix or a directory (default: $RAYLANE_STORAGE or ./artifacts)",
-    )
+    add_common_args(parser)
     parser.add_argument("--name", help="run name (default: the config's name)")
     parser.add_argument("--num-workers", type=int, help="training workers (train.num_workers)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set train.lr=0.01 (repeatable)",
-    )
-    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
     return parser
 

@@ -1,9 +1,10 @@
 """The per-worker training loop: the only module that calls `ray.train.*`.
 
-Ray Train runs `train_loop_per_worker` on every worker. Each epoch a worker trains on its own
+Ray Train runs `train_loop_per_worker` on every worker, with one `LoopConfig`: the typed job
+config and the dataset facts, validated once on the driver and handed over as an object. Each epoch a worker trains on its own
 shard of the training set, evaluates its shard of the validation set, and rank 0 combines the
 predictions of all ranks into one set of metrics. Every `checkpoint_every` epochs rank 0 writes
-a checkpoint (DESIGN.md contract) that Ray Train uploads to storage; after a worker failure or
+a checkpoint (the contract in workloads/checkpoint.py) that Ray Train uploads to storage; after a worker failure or
 a re-run with the same name, `ray.train.get_checkpoint()` hands back the latest one and the
 loop continues from the epoch after it.
 """
@@ -16,6 +17,7 @@ import os
 import socket
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import ray.train
@@ -23,18 +25,48 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
-from safetensors.torch import load_file
 
 from cluster.storage import Storage
-from workloads.checkpoint import load_train_state, save_checkpoint, unwrap
+from workloads.checkpoint import (
+    InputSpec,
+    build_meta,
+    encode_labels,
+    load_train_state,
+    load_weights,
+    prepare_features,
+    save_checkpoint,
+    stack_features,
+    unwrap,
+)
 from workloads.config import JobConfig, TrainConfig
-from workloads.data import encode_labels, prepare_features, stack_features
 from workloads.models import build_model
 from workloads.step import classification_metrics, predict_logits, train_step
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    job = JobConfig.model_validate(loop_config["job"])
+@dataclass(frozen=True)
+class LoopConfig:
+    """Everything a worker needs, built and validated once by the driver (workloads/train.py).
+    Storage travels as its URI; each worker builds its own client."""
+
+    job: JobConfig
+    spec: dict  # the model spec (workloads/models.py)
+    input_spec: InputSpec
+    storage_uri: str
+    run_key: str  # <runs prefix>/<run name>
+    data_fingerprint: str
+    data_uri: str
+
+    def meta(self, *, epoch: int, metrics: dict) -> dict:
+        return build_meta(
+            spec=self.spec, input_spec=self.input_spec, config=self.job.model_dump(),
+            run_name=self.job.name, data_fingerprint=self.data_fingerprint,
+            data_uri=self.data_uri, epoch=epoch, metrics=metrics,
+        )  # fmt: skip
+
+
+def train_loop_per_worker(train_loop_config: dict) -> None:
+    loop: LoopConfig = train_loop_config["loop"]
+    job = loop.job
     context = ray.train.get_context()
     rank = context.get_world_rank()
     torch.manual_seed(job.train.seed)
@@ -43,16 +75,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.set_num_threads(max(1, int(job.train.cpus_per_worker)))
 
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(build_model(loop_config["spec"]))
+    model = ray.train.torch.prepare_model(build_model(loop.spec))
     optimizer = make_optimizer(model, job.train)
     scheduler = make_scheduler(optimizer, job.train)
     autocast_dtype, scaler = mixed_precision(job.train.precision, device)
     start_epoch = restore(model, optimizer, scheduler, scaler)
     nodes = gather(ray.get_runtime_context().get_node_id())
     if rank == 0:
-        record_attempt(loop_config, start_epoch, nodes)
+        record_attempt(loop, start_epoch, nodes)
 
-    collate = Collate(loop_config["input"])
+    collate = Collate(loop.input_spec)
     cache_bytes = int(job.train.cache_shard_mb * 2**20)
     train_data = EpochData(
         ray.train.get_dataset_shard("train"), collate, cache_bytes=cache_bytes, device=device,
@@ -95,7 +127,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "epoch_s": time.perf_counter() - started,
             "lr": scheduler.get_last_lr()[0],
         }
-        report(metrics, job, loop_config, model, optimizer, scheduler, scaler, rank)
+        report(metrics, loop, model, optimizer, scheduler, scaler, rank)
         if gauges:
             gauges.update(metrics)
 
@@ -128,8 +160,8 @@ class EpochData:
         self.shard, self.collate, self.device = shard, collate, device
         self.cache_bytes, self.batch_size = cache_bytes, batch_size
         self.decide_together = decide_together
-        schema = collate.schema
-        row_bytes = math.prod(schema["shape"]) * np.dtype(schema["dtype"]).itemsize
+        spec = collate.spec
+        row_bytes = spec.size * np.dtype(spec.dtype).itemsize
         per_chunk = CHUNK_BYTES // max(row_bytes * batch_size, 1)
         self.batches_per_chunk = max(1, min(CHUNK_BATCHES, per_chunk)) if chunked else 1
         self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -184,20 +216,18 @@ class EpochData:
 
 
 class Collate(NumpyBatchCollateFn):
-    """numpy batch from Ray Data -> (features, labels) CPU tensors, normalized as in meta.json.
+    """numpy batch from Ray Data -> (features, labels) CPU tensors, normalized as the checkpoint says.
 
-    The same `input_schema` drives serving, so a model sees identical inputs in both places.
+    The same InputSpec drives serving, so a model sees identical inputs in both places.
     """
 
-    def __init__(self, input_schema: dict):
+    def __init__(self, spec: InputSpec):
         super().__init__()
-        self.schema = input_schema
+        self.spec = spec
 
     def __call__(self, batch: dict[str, np.ndarray]):
-        features = prepare_features(
-            stack_features(batch, self.schema["feature_columns"]), self.schema
-        )
-        labels = encode_labels(batch[self.schema["label_column"]], self.schema)
+        features = prepare_features(stack_features(batch, self.spec.feature_columns), self.spec)
+        labels = encode_labels(batch[self.spec.label_column], self.spec)
         return torch.as_tensor(features), torch.as_tensor(labels)
 
 
@@ -244,7 +274,7 @@ def restore(model, optimizer, scheduler, scaler) -> int:
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as directory:
-        unwrap(model).load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
+        unwrap(model).load_state_dict(load_weights(directory))
         state = load_train_state(directory) or {}
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
@@ -265,13 +295,13 @@ def gather(value) -> list:
     return values
 
 
-def record_attempt(loop_config: dict, start_epoch: int, nodes: list[str]) -> None:
+def record_attempt(loop: LoopConfig, start_epoch: int, nodes: list[str]) -> None:
     """Leave a trace of each (re)start in storage: `<run>/attempts/<time>.json`."""
-    storage = Storage(loop_config["storage_uri"])
-    name = loop_config["run_name"]
+    storage = Storage(loop.storage_uri)
+    name = loop.job.name
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     storage.write_json(
-        f"{loop_config['run_key']}/attempts/{stamp}.json",
+        f"{loop.run_key}/attempts/{stamp}.json",
         {
             "start_epoch": start_epoch,
             "host": socket.gethostname(),
@@ -311,10 +341,9 @@ def all_reduce_sum(value: float, device) -> float:
     return float(tensor.item())
 
 
-def report(metrics, job: JobConfig, loop_config, model, optimizer, scheduler, scaler,
-           rank: int) -> None:  # fmt: skip
+def report(metrics, loop: LoopConfig, model, optimizer, scheduler, scaler, rank: int) -> None:
     """Report metrics every epoch; rank 0 adds a checkpoint every `checkpoint_every` epochs."""
-    epoch = metrics["epoch"]
+    job, epoch = loop.job, metrics["epoch"]
     due = epoch % job.train.checkpoint_every == 0 or epoch == job.train.epochs
     with contextlib.ExitStack() as stack:
         checkpoint = None
@@ -323,16 +352,7 @@ def report(metrics, job: JobConfig, loop_config, model, optimizer, scheduler, sc
             save_checkpoint(
                 directory,
                 model=model,
-                meta={
-                    "model": loop_config["spec"],
-                    "input": loop_config["input"],
-                    "config": loop_config["job"],
-                    "run_name": loop_config["run_name"],
-                    "data_fingerprint": loop_config["fingerprint"],
-                    "data_uri": loop_config["data_uri"],
-                    "epoch": epoch,
-                    "metrics": metrics,
-                },
+                meta=loop.meta(epoch=epoch, metrics=metrics),
                 train_state={
                     "epoch": epoch,
                     "optimizer": optimizer.state_dict(),

@@ -7,9 +7,12 @@
     raylane models list
     raylane serve --model digits@production
     raylane predict --model digits@production --input samples.json
-    raylane pipeline --config digits-cnn
+    raylane pipeline --config digits-sweep
+    raylane --version
 
-Every subcommand has --help. User errors print one line and exit 2.
+Every subcommand has --help. User errors print one line and exit 2. The jobs (train, sweep,
+serve, predict) are modules of their own packages so that `ray job submit -- python -m ...`
+runs them without this package; the commands that combine packages live in `raylane/`.
 """
 
 from __future__ import annotations
@@ -22,14 +25,24 @@ from cluster.errors import run_cli
 
 COMMANDS = {
     "storage": ("cluster.s3server", "run a local S3 server (SeaweedFS) for development"),
-    "data": ("workloads.data", "write an embedded dataset to storage as Parquet"),
+    "data": ("raylane.data", "write an embedded dataset to storage as Parquet"),
     "train": ("workloads.train", "train a model with Ray Train; checkpoints go to storage"),
     "sweep": ("tune.sweep", "sweep hyperparameters with Ray Tune; register the best model"),
-    "models": ("cluster.registry", "list, show, promote and roll back registered models"),
+    "models": ("raylane.models", "list, show, promote and roll back registered models"),
     "serve": ("serve.app", "serve a registered model over HTTP with Ray Serve"),
     "predict": ("serve.predictor", "predict with a registered model in this process"),
-    "pipeline": ("cluster.pipeline", "data -> sweep -> register -> promote -> serve, end to end"),
+    "pipeline": ("raylane.pipeline", "data -> sweep -> register -> promote -> serve, end to end"),
 }
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("raylane")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def usage() -> str:
@@ -44,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         sys.exit(0 if argv else 2)
+    if argv[0] in ("-V", "--version"):
+        print(f"raylane {version()}")
+        sys.exit(0)
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)

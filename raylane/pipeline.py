@@ -1,14 +1,13 @@
 """The whole workflow in one command: data -> sweep -> register -> promote -> serve -> requests.
 
     raylane pipeline --config digits-sweep --storage s3://raylane
-    python -m cluster.pipeline --config digits-sweep --keep-serving     # Ctrl-C stops serving
-    ray job submit --working-dir . -- python -m cluster.pipeline --config digits-sweep
+    python -m raylane.pipeline --config digits-sweep --keep-serving     # Ctrl-C stops serving
+    ray job submit --working-dir . -- python -m raylane.pipeline --config digits-sweep
 
 Prints a final report (best config, validation metrics, registry version, endpoint URL, sample
 predictions, request latency) and writes it to `<storage>/pipelines/<sweep>/report.json`.
 
-Like cluster/cli.py, this module sits above the others and may import all of them: it is the
-orchestration layer, not a library that `workloads/`, `tune/` or `serve/` depend on.
+It belongs to the orchestration layer (`raylane/`), the only package that imports all others.
 """
 
 from __future__ import annotations
@@ -20,8 +19,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cluster.config import add_common_args
 from cluster.errors import RaylaneError, run_cli
 from cluster.storage import Storage
+from serve.app import deploy
+from serve.config import ServeArgs
+from tune.config import load_sweep_config, sweep_presets
+from tune.report import format_table
+from tune.space import base_training_config
+from tune.sweep import run_sweep
+from workloads.checkpoint import input_spec_of, meta_key
+from workloads.config import JobConfig
+from workloads.data import read_split, resolve
 
 
 def step(number: int, total: int, text: str) -> None:
@@ -41,11 +50,6 @@ def run_pipeline(
     keep_serving: bool = False,
     address: str | None = None,
 ) -> dict:
-    from tune.space import base_training_config, load_sweep_config
-    from tune.sweep import run_sweep
-    from workloads.config import JobConfig
-    from workloads.data import resolve
-
     started = time.monotonic()
     sweep = load_sweep_config(config, list(overrides))
     job = JobConfig.model_validate(base_training_config(sweep))
@@ -58,8 +62,6 @@ def run_pipeline(
 
     step(2, 5, f"sweep {sweep.name}: {sweep.num_samples} trials of {sweep.train_config}")
     result = run_sweep(sweep, storage, register=name, promote=alias, address=address)
-    from tune.report import format_table
-
     print(format_table(result, sweep))
 
     reference = f"{name}@{alias}"
@@ -67,7 +69,7 @@ def run_pipeline(
     endpoint = start_serving(reference, storage, host=host, port=port)
 
     step(4, 5, f"{requests} sample requests")
-    meta = storage.read_json(f"{result.best['checkpoint_key']}/meta.json")
+    meta = storage.read_json(meta_key(result.best["checkpoint_key"]))
     samples = send_samples(endpoint, meta, count=requests)
 
     report = {
@@ -94,9 +96,6 @@ def run_pipeline(
 
 def start_serving(reference: str, storage: Storage, *, host: str, port: int) -> str:
     """Deploy the Serve app for `reference`; returns the predict URL."""
-    from serve.app import deploy
-    from serve.schemas import ServeArgs
-
     args = ServeArgs(model=reference, storage=storage.uri, num_cpus=0.5, watch_interval_s=2.0)
     return deploy(args, host=host, port=port)
 
@@ -111,13 +110,12 @@ def send_samples(endpoint: str, meta: dict, *, count: int) -> dict:
     """POST validation rows one by one; accuracy, latency percentiles, a few predictions."""
     import httpx
 
-    from workloads.data import read_split
-
+    spec = input_spec_of(meta)
     fraction = meta["config"]["data"]["validation_fraction"]
     features, labels = read_split(
-        meta["data_uri"], meta["input"], validation_fraction=fraction, split="validation"
+        meta["data_uri"], spec, validation_fraction=fraction, split="validation"
     )
-    names = meta["input"]["class_names"]
+    names = spec.class_names
     latencies, correct, shown = [], 0, []
     with httpx.Client(timeout=30) as client:
         for i in range(min(count, len(features))):
@@ -187,25 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prepare data, sweep, register and promote the best model, serve it, send "
         "sample requests, and print a report.",
     )
-    parser.add_argument("--config", default="digits-sweep", help="sweep preset or YAML file")
     parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a sweep field, e.g. --set num_samples=4",
+        "--config",
+        default="digits-sweep",
+        help=f"sweep preset ({', '.join(sweep_presets())}) or YAML file (default digits-sweep)",
     )
-    parser.add_argument(
-        "--storage",
-        help="s3://bucket/prefix or a directory (default: $RAYLANE_STORAGE or ./artifacts)",
-    )
+    add_common_args(parser, overrides="override a sweep field, e.g. --set num_samples=4")
     parser.add_argument("--model-name", help="registry name (default: the dataset's name)")
     parser.add_argument("--alias", default="production", help="alias to promote (production)")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     parser.add_argument("--requests", type=int, default=200, help="sample requests to send")
     parser.add_argument("--keep-serving", action="store_true", help="serve until Ctrl-C")
-    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     return parser
 
 

@@ -1,6 +1,6 @@
 """`make demo`: the quickstart on a fresh machine, with no cluster and no cloud account.
 
-    make demo                       # = python -m cluster.demo
+    make demo                       # = python -m raylane.demo
 
 Starts a local S3 server (SeaweedFS on 127.0.0.1), runs the pipeline on the digits preset
 against it (data -> sweep with ASHA -> register -> promote -> serve -> HTTP requests), prints
@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from cluster.errors import run_cli
 from cluster.s3server import S3Server, free_port
 from cluster.storage import Storage
+from raylane.pipeline import run_pipeline
 
 DEMO_DIR = ".raylane/demo-s3"
 
@@ -28,8 +29,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default="digits-sweep", help="sweep preset (digits-sweep)")
     parser.add_argument("--keep-serving", action="store_true", help="serve until Ctrl-C")
     args = parser.parse_args(argv)
-
-    from cluster.pipeline import run_pipeline
 
     # `kill` (SIGTERM) unwinds like Ctrl-C, so the finally below still stops what we started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
