@@ -1,5 +1,10 @@
 """Shared fixtures: a real SeaweedFS S3 server and a real local Ray, nothing mocked.
 
+Two tiers: tests/unit (no Ray, no servers; `make test-fast`, well under a minute) and
+tests/integration (real Ray, Serve and SeaweedFS; every test there is marked `integration`).
+Helpers both tiers use are in tests/helpers.py; the storage and registry contracts that run on
+both backends are in tests/storage_contract.py and tests/registry_contract.py.
+
 - `s3_server` (session): SeaweedFS on 127.0.0.1 with test credentials; exports the AWS_*
   variables into this process's environment so that Storage, boto3 and a Ray started later
   all see them.
@@ -74,6 +79,10 @@ EXIT_STATUS = pytest.StashKey[int]()
 
 
 def pytest_collection_modifyitems(config, items):
+    integration = pytest.mark.integration
+    for item in items:
+        if "integration" in Path(str(item.fspath)).parts:
+            item.add_marker(integration)
     try:
         import torch
 

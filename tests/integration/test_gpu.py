@@ -28,3 +28,34 @@ def test_training_on_gpu_with_mixed_precision(ray_session, local_storage, precis
     )
     summary = run_training(config, local_storage, verbose=False)
     assert summary.metrics["val_accuracy"] >= 0.95
+
+
+def test_a_gpu_serve_replica_answers_like_the_cpu_predictor(ray_session, local_storage, tmp_path):
+    """A replica with num_gpus > 0 loads the model on CUDA; its HTTP answers match the CPU
+    Predictor's on the same rows."""
+    import httpx
+    from helpers import digits_checkpoint, digits_data
+    from ray import serve as ray_serve
+
+    from cluster.s3server import free_port
+    from serve.app import deploy
+    from serve.config import ServeArgs
+    from serve.predictor import Predictor
+    from workloads.checkpoint import open_registry
+
+    registry = open_registry(local_storage)
+    registry.register("digits", digits_checkpoint(tmp_path / "v1", seed=1), lineage={})
+    args = ServeArgs(model="digits:1", storage=local_storage.uri, num_cpus=0.5, num_gpus=1)
+    url = deploy(args, host="127.0.0.1", port=free_port())
+    try:
+        features, _ = digits_data()
+        rows = features[:8].tolist()
+        answer = httpx.post(url, json={"instances": rows}, timeout=60).json()
+        expected = Predictor.from_registry(registry, "digits:1").predict_instances(
+            rows, max_instances=8
+        )
+        assert answer["predictions"] == expected["predictions"]
+        info = httpx.get(url.removesuffix(":predict"), timeout=30).json()
+        assert info["version"] == 1
+    finally:
+        ray_serve.shutdown()

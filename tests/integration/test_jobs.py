@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from cluster.registry import Registry
+from workloads.checkpoint import open_registry
 from workloads.config import load_job_config
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -63,7 +63,7 @@ def test_ray_job_submit_runs_a_sweep_that_registers_a_model_in_s3(ray_head, s3_s
     )
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert "succeeded" in submit.stdout
-    name, version = Registry(s3_storage).resolve("jobbed@production")
+    name, version = open_registry(s3_storage).resolve("jobbed@production")
     assert version == 1
     assert s3_storage.exists(f"registry/jobbed/versions/{version}/model.safetensors")
     # The S3 secret came from the node's environment, never through the job's arguments.

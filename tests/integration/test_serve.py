@@ -1,5 +1,7 @@
 """Ray Serve end to end: a real local Ray, real HTTP, two model versions in a real registry on
-SeaweedFS. One Serve instance for the module; tests run in file order and share the app.
+SeaweedFS. One Serve instance for the module: each test that needs the app as the fixture
+made it (production -> 1, autoscaling 1-2 replicas) calls `served.reset()` first, so no test
+depends on what another left behind.
 
 The app autoscales 1-2 replicas with short delays, follows `digits@production` every 0.5 s,
 requires an API key and limits bodies to 64 KiB, so every behaviour is exercised on one setup.
@@ -20,16 +22,15 @@ import numpy as np
 import pytest
 import yaml
 from conftest import TEST_BUCKET
-from test_predictor import digits_checkpoint, digits_data
+from helpers import digits_checkpoint, digits_data, wait_for
 
-from cluster.errors import ConfigError, NotFoundError
 from cluster.registry import Registry
 from cluster.s3server import free_port
 from cluster.storage import Storage
 from serve.predictor import Predictor
-from serve.schemas import ServeArgs
+from workloads.checkpoint import open_registry
 
-CONFIG_YAML = Path(__file__).parent.parent / "serve" / "config.yaml"
+CONFIG_YAML = Path(__file__).parents[2] / "serve" / "config.yaml"
 API_KEY_ENV, API_KEY = "RAYLANE_TEST_API_KEY", "test-key-" + uuid.uuid4().hex[:8]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 PREDICT = "/v1/models/digits:predict"
@@ -42,45 +43,6 @@ AUTOSCALING = {
     "look_back_period_s": 2,
     "metrics_interval_s": 0.5,  # how often the proxy reports queue lengths to the autoscaler
 }
-
-
-# ---------------------------------------------------------------------- Serve config (no Ray)
-
-
-def test_config_yaml_validates_against_ray_serve_schema():
-    from ray.serve.schema import ServeDeploySchema
-
-    config = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG_YAML.read_text()))
-    [app] = config.applications
-    assert (app.name, app.route_prefix, app.import_path) == ("raylane", "/", "serve.app:build_app")
-    args = ServeArgs.parse(app.args)  # the args are ours to validate: every field known
-    assert args.model == "digits@production" and args.max_ongoing_requests >= args.max_batch_size
-
-
-def test_build_app_turns_args_into_deployment_options():
-    from serve.app import build_app, deployment_options
-
-    args = ServeArgs.parse(
-        {"model": "digits:3", "num_cpus": 0.5, "autoscaling_config": AUTOSCALING}
-    )
-    options = deployment_options(args)
-    assert options["autoscaling_config"] == AUTOSCALING and "num_replicas" not in options
-    assert options["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0}
-    assert options["user_config"]["model"] == "digits:3"
-    assert build_app({"model": "digits@production"}) is not None
-    with pytest.raises(ConfigError, match=r"max_ongoing_requests \(4\) must be >= max_batch"):
-        build_app({"model": "digits@production", "max_ongoing_requests": 4})
-
-
-def test_raylane_serve_fails_fast_before_starting_ray(local_storage, tmp_path):
-    from serve.app import main
-
-    registry = Registry(local_storage)
-    registry.register("digits", digits_checkpoint(tmp_path / "v1", seed=1, steps=1), lineage={})
-    with pytest.raises(NotFoundError, match="has no alias 'staging'; aliases: none yet"):
-        main(["--model", "digits@staging", "--storage", local_storage.uri])
-    with pytest.raises(ConfigError, match="max_ongoing_requests \\(64\\) must be >="):
-        main(["--model", "digits:1", "--storage", local_storage.uri, "--max-batch-size", "100"])
 
 
 # ---------------------------------------------------------------------- fixtures
@@ -104,7 +66,7 @@ def replica_environment():
 @pytest.fixture(scope="module")
 def registry(s3_server, tmp_path_factory) -> Registry:
     """`digits` versions 1 and 2 (different weights), production -> 1."""
-    registry = Registry(Storage(f"s3://{TEST_BUCKET}/serve-{uuid.uuid4().hex[:8]}"))
+    registry = open_registry(Storage(f"s3://{TEST_BUCKET}/serve-{uuid.uuid4().hex[:8]}"))
     root = tmp_path_factory.mktemp("serve-models")
     for seed in (1, 2):
         registry.register(
@@ -122,6 +84,22 @@ class Served:
     registry: Registry
     expected: dict[int, list[dict]]  # version -> in-process answer per payload
     payloads: list[dict]
+    args: dict  # the app's build_app args
+
+    def reset(self) -> None:
+        """The app as the fixture deployed it, serving version 1, whatever a test changed."""
+        from ray import serve as ray_serve
+
+        from serve.app import APP_NAME, build_app
+
+        self.registry.promote("digits", "production", 1)
+        ray_serve.run(build_app(self.args), name=APP_NAME, route_prefix="/")
+        with client(self) as http:
+            wait_for(
+                lambda: http.get("/v1/models/digits").json().get("version") == 1,
+                timeout_s=30,
+                what="the fixture's app serving version 1",
+            )
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +132,7 @@ def served(ray_session, registry) -> Served:
         expected[version] = [
             predictor.predict_instances(p["instances"], max_instances=16) for p in payloads
         ]
-    yield Served(f"http://127.0.0.1:{port}", registry, expected, payloads)
+    yield Served(f"http://127.0.0.1:{port}", registry, expected, payloads, args)
     ray_serve.shutdown()
 
 
@@ -225,15 +203,6 @@ def replicas(state: str = "RUNNING") -> int:
 
     app = ray_serve.status().applications.get("raylane")
     return app.deployments["ModelServer"].replica_states.get(state, 0) if app else 0
-
-
-def wait_for(condition, *, timeout_s: float, what: str, interval_s: float = 0.25):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 # ---------------------------------------------------------------------- predictions over HTTP
@@ -388,6 +357,7 @@ def test_concurrent_requests_form_batches_and_are_all_correct(served):
 
 @pytest.mark.integration
 def test_sustained_load_scales_up_to_two_replicas_and_back_down(served):
+    served.reset()
     wait_for(lambda: replicas() == 1, timeout_s=40, what="1 replica before the load")
     with Load(served, threads=12) as load:
         wait_for(lambda: replicas() == 2, timeout_s=20, what="a second replica under load")
@@ -400,6 +370,7 @@ def test_sustained_load_scales_up_to_two_replicas_and_back_down(served):
 def test_killing_one_of_two_replicas_costs_at_most_one_retry(served):
     import ray
 
+    served.reset()
     with Load(served, threads=12, retry=True) as load:
         wait_for(lambda: replicas() == 2, timeout_s=20, what="two replicas under load")
         time.sleep(1)
@@ -426,6 +397,7 @@ def test_killing_one_of_two_replicas_costs_at_most_one_retry(served):
 
 @pytest.mark.integration
 def test_promotion_under_load_switches_versions_with_no_errors(served):
+    served.reset()
     with Load(served, threads=8) as load:
         time.sleep(2)
         served.registry.promote("digits", "production", 2)
@@ -453,7 +425,7 @@ def test_serve_config_deploy_and_user_config_reconfigure_without_restart(served)
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    served.registry.promote("digits", "production", 2)  # whatever earlier tests left
+    served.registry.promote("digits", "production", 2)
     config = yaml.safe_load(CONFIG_YAML.read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": int(served.url.rsplit(":", 1)[1])}
     app = config["applications"][0]

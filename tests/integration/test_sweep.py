@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from cluster.errors import ConfigError
-from cluster.registry import Registry
-from tune.space import load_sweep_config
+from tune.config import load_sweep_config
 from tune.sweep import run_sweep
+from workloads.checkpoint import open_registry
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def test_asha_sweep_stops_trials_early_and_registers_the_best(ray_session, s3_st
     assert any(row["status"] == "stopped early" for row in result.rows)
 
     best = max(row["metric"] for row in result.rows if row["metric"] is not None)
-    registry = Registry(s3_storage)
+    registry = open_registry(s3_storage)
     name, version = registry.resolve("digits@staging")
     meta = registry.describe(name, version)["meta"]
     assert meta["metrics"]["val_accuracy"] == pytest.approx(best)
@@ -57,7 +57,7 @@ def test_asha_sweep_stops_trials_early_and_registers_the_best(ray_session, s3_st
 
 
 def registry_uri(storage, version: int) -> str:
-    return storage.uri_for(Registry(storage).version_key("digits", version))
+    return storage.uri_for(open_registry(storage).version_key("digits", version))
 
 
 def test_a_failing_trial_is_reported_and_the_sweep_goes_on(ray_session, local_storage, tmp_path):

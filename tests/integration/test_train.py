@@ -104,12 +104,16 @@ def test_rerunning_the_same_name_resumes_and_a_finished_run_returns_at_once(
 def test_mlp_and_transformer_beat_the_majority_class_by_far(
     ray_session, local_storage, preset, floor
 ):
+    from workloads.checkpoint import InputSpec
     from workloads.data import read_split
 
     summary = run_training(load_job_config(preset), local_storage, verbose=False)
     meta = local_storage.read_json(f"{summary.best_checkpoint_key}/meta.json")
     _, labels = read_split(
-        meta["data_uri"], meta["input"], validation_fraction=0.2, split="validation"
+        meta["data_uri"],
+        InputSpec.from_dict(meta["input"]),
+        validation_fraction=0.2,
+        split="validation",
     )
     majority = max((labels == c).mean() for c in set(labels.tolist()))
     assert summary.metrics["val_accuracy"] >= max(floor, majority + 0.2)

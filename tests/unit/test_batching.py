@@ -1,5 +1,9 @@
 """serve/batching.py: batches follow the backlog, an idle model waits only the timeout, a failing
-batch fails only its own requests, clients that gave up are skipped. Pure asyncio."""
+batch fails only its own requests, clients that gave up are skipped. Pure asyncio.
+
+The stand-in model is gated: a batch starts, tells the test, and runs only once the test lets it
+finish, so what queues while the model is busy is decided by the test, not by sleeps.
+"""
 
 import asyncio
 import time
@@ -10,18 +14,35 @@ from serve.batching import Batcher
 
 
 class Model:
-    """A stand-in forward pass that takes `seconds` per batch and records the batch sizes."""
+    """A forward pass that records its batches; with `gated`, each one waits for `finish()`."""
 
-    def __init__(self, seconds: float = 0.0, fail_on: object = None):
-        self.seconds, self.fail_on = seconds, fail_on
+    def __init__(self, *, gated: bool = False, fail_on: object = None):
+        self.gated, self.fail_on = gated, fail_on
         self.batches: list[list] = []
+        self.running = asyncio.Event()
+        self._finish = asyncio.Event()
 
     async def __call__(self, items: list) -> list:
         self.batches.append(list(items))
-        await asyncio.sleep(self.seconds)
+        if self.gated:
+            self.running.set()
+            await self._finish.wait()
+            self._finish.clear()
+            self.running.clear()
         if self.fail_on in items:
             raise ValueError(f"bad item {self.fail_on}")
         return [item * 10 for item in items]
+
+    def finish(self, *, ungate: bool = False) -> None:
+        """Let the running batch finish (and, with `ungate`, every later one at once)."""
+        self.gated = not ungate and self.gated
+        self._finish.set()
+
+
+async def settle() -> None:
+    """Let every ready task run until it blocks (submits reach the queue)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
 
 
 def run(coroutine):
@@ -39,93 +60,105 @@ def test_results_come_back_to_their_own_callers():
 def test_batches_grow_with_the_backlog_while_the_model_is_busy():
     """Requests that queue behind a running batch all go into the next one, not into many
     small batches closed by the timeout (what @serve.batch does)."""
-    model = Model(seconds=0.05)
 
     async def main():
-        batcher = Batcher(model, max_batch_size=32, batch_wait_timeout_s=0.001)
+        model = Model(gated=True)
+        batcher = Batcher(model, max_batch_size=32, batch_wait_timeout_s=0.0)
         first = asyncio.create_task(batcher.submit(0))
-        await asyncio.sleep(0.01)  # the first batch is running now
-        later = []
-        for i in range(1, 25):  # arrive one by one, 1 ms apart, each > the timeout
-            later.append(asyncio.create_task(batcher.submit(i)))
-            await asyncio.sleep(0.001)
-        return await asyncio.gather(first, *later)
+        await model.running.wait()  # the first batch is on the model now
+        later = [asyncio.create_task(batcher.submit(i)) for i in range(1, 25)]
+        await settle()
+        model.finish(ungate=True)
+        return await asyncio.gather(first, *later), model.batches
 
-    assert run(main()) == [i * 10 for i in range(25)]
-    assert [len(batch) for batch in model.batches] == [1, 24]
+    results, batches = run(main())
+    assert results == [i * 10 for i in range(25)]
+    assert [len(batch) for batch in batches] == [1, 24]
 
 
 def test_max_batch_size_caps_a_batch_and_can_change_while_running():
-    model = Model(seconds=0.02)
-
     async def main():
+        model = Model(gated=True)
         batcher = Batcher(model, max_batch_size=4, batch_wait_timeout_s=0.0)
-        await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+        first = asyncio.create_task(batcher.submit(0))
+        await model.running.wait()
+        queued = [asyncio.create_task(batcher.submit(i)) for i in range(1, 11)]
+        await settle()
+        model.finish(ungate=True)
+        await asyncio.gather(first, *queued)
         batcher.max_batch_size = 2
-        await asyncio.gather(*(batcher.submit(i) for i in range(4)))
+        model.gated = True
+        second = asyncio.create_task(batcher.submit(0))
+        await model.running.wait()
+        more = [asyncio.create_task(batcher.submit(i)) for i in range(1, 5)]
+        await settle()
+        model.finish(ungate=True)
+        await asyncio.gather(second, *more)
+        return [len(batch) for batch in model.batches]
 
-    run(main())
-    sizes = [len(batch) for batch in model.batches]
-    assert max(sizes[:-2]) == 4 and sum(sizes[:-2]) == 10
-    assert sizes[-2:] == [2, 2]
+    assert run(main()) == [1, 4, 4, 2, 1, 2, 2]
 
 
 def test_an_idle_model_waits_at_most_the_timeout():
-    model = Model()
-
     async def main():
+        model = Model()
         batcher = Batcher(model, max_batch_size=32, batch_wait_timeout_s=0.05)
         started = time.perf_counter()
         await batcher.submit(1)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, model.batches
 
-    waited = run(main())
-    assert 0.04 <= waited < 1.0, waited
-    assert model.batches == [[1]]
+    waited, batches = run(main())
+    assert waited >= 0.04, "a lone request should wait for company, up to the timeout"
+    assert batches == [[1]]
 
 
 def test_a_failing_batch_fails_its_requests_only():
-    model = Model(seconds=0.02, fail_on=3)
-
     async def main():
+        model = Model(gated=True, fail_on=3)
         batcher = Batcher(model, max_batch_size=4, batch_wait_timeout_s=0.0)
-        first = await asyncio.gather(*(batcher.submit(i) for i in range(8)), return_exceptions=True)
-        after = await batcher.submit(100)
-        return first, after
+        first = asyncio.create_task(batcher.submit(0))
+        await model.running.wait()
+        rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 8)]
+        await settle()
+        model.finish(ungate=True)
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        return results, await batcher.submit(100), model.batches
 
-    first, after = run(main())
-    failed = [i for i, result in enumerate(first) if isinstance(result, ValueError)]
-    batch_with_3 = next(batch for batch in model.batches if 3 in batch)
-    assert failed == sorted(batch_with_3)
-    assert all(first[i] == i * 10 for i in range(8) if i not in failed)
+    results, after, batches = run(main())
+    assert batches == [[0], [1, 2, 3, 4], [5, 6, 7], [100]]
+    assert [isinstance(r, ValueError) for r in results] == [False] + [True] * 4 + [False] * 3
+    assert [results[i] for i in (0, 5, 6, 7)] == [0, 50, 60, 70]
     assert after == 1000  # the loop goes on after a failed batch
 
 
 def test_a_client_that_gave_up_is_left_out_of_the_batch():
-    model = Model(seconds=0.05)
-
     async def main():
+        model = Model(gated=True)
         batcher = Batcher(model, max_batch_size=8, batch_wait_timeout_s=0.0)
         busy = asyncio.create_task(batcher.submit(0))
-        await asyncio.sleep(0.01)
+        await model.running.wait()
         gone = asyncio.create_task(batcher.submit(1))
         kept = asyncio.create_task(batcher.submit(2))
-        await asyncio.sleep(0.005)
+        await settle()
         gone.cancel()
+        await settle()
+        model.finish(ungate=True)
         results = await asyncio.gather(busy, kept)
         with pytest.raises(asyncio.CancelledError):
             await gone
-        return results
+        return results, model.batches
 
-    assert run(main()) == [0, 20]
-    assert model.batches == [[0], [2]]
+    results, batches = run(main())
+    assert results == [0, 20]
+    assert batches == [[0], [2]]
 
 
-def test_close_cancels_queued_requests():
+def test_close_cancels_running_and_queued_requests():
     async def main():
-        batcher = Batcher(Model(seconds=0.05), max_batch_size=1, batch_wait_timeout_s=0.0)
+        model = Model(gated=True)
+        batcher = Batcher(model, max_batch_size=1, batch_wait_timeout_s=0.0)
         tasks = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
-        await asyncio.sleep(0.01)
+        await model.running.wait()
         batcher.close()
         return await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -1,4 +1,4 @@
-"""The `raylane` command as a user runs it: help, one-line errors, the local S3 server's life."""
+"""The `raylane` command as a user runs it: help, version, one-line errors, data preparation."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from cluster.s3server import free_port
-
 RAYLANE = str(Path(sys.executable).parent / "raylane")
 
 
@@ -18,6 +16,11 @@ def raylane(*args: str, env: dict | None = None, timeout: int = 120):
     return subprocess.run(
         [RAYLANE, *args], capture_output=True, text=True, timeout=timeout, env=env or os.environ
     )
+
+
+def test_version_is_the_installed_one():
+    result = raylane("--version")
+    assert result.returncode == 0 and result.stdout.startswith("raylane 0.")
 
 
 def test_help_lists_every_command():
@@ -35,6 +38,7 @@ def test_help_lists_every_command():
         (["train", "--set", "train.epochs=-1", "--print-config"], "train.epochs: Input should be"),
         (["sweep", "--promote", "production"], "--promote needs --register NAME"),
         (["models", "--storage", "gs://x", "list"], "unsupported storage URI 'gs://x'"),
+        (["models", "list", "--storage", "gs://x"], "unsupported storage URI 'gs://x'"),
         (["frobnicate"], "unknown command 'frobnicate'"),
     ],
 )
@@ -43,26 +47,6 @@ def test_user_errors_are_one_line_without_a_traceback(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-
-
-@pytest.mark.integration
-def test_storage_up_is_idempotent_and_down_stops_only_its_server(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    where = ["--dir", str(tmp_path / "s3"), "--port", str(free_port())]
-    try:
-        first = raylane("storage", "up", *where, env=env)
-        assert first.returncode == 0, first.stderr
-        assert "started at http://127.0.0.1:" in first.stdout
-        again = raylane("storage", "up", *where, env=env)
-        assert "already running" in again.stdout
-        exports = raylane("storage", "env", *where, env=env).stdout
-        assert "export AWS_ENDPOINT_URL_S3=http://127.0.0.1:" in exports
-        assert "export RAYLANE_STORAGE=s3://raylane" in exports
-        assert raylane("storage", "status", *where, env=env).returncode == 0
-    finally:
-        down = raylane("storage", "down", *where, env=env)
-    assert "stopped" in down.stdout
-    assert raylane("storage", "status", *where, env=env).returncode == 1
 
 
 def test_data_prepare_writes_parquet_and_a_manifest(tmp_path):

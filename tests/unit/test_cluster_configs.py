@@ -25,7 +25,7 @@ import pytest
 import ray
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "cluster" / "configs"
 KUBERAY = CONFIGS / "kuberay"
 KIND_OF = {"raycluster.yaml": "RayCluster", "rayjob-sweep.yaml": "RayJob",
@@ -338,7 +338,7 @@ def serve_config() -> dict:
 def test_rayservice_serve_config_passes_rays_serve_schema():
     from ray.serve.schema import ServeDeploySchema
 
-    from serve.schemas import ServeArgs
+    from serve.config import ServeArgs
 
     assert serve_config_problems(serve_config()) == []
     schema = ServeDeploySchema.model_validate(serve_config())

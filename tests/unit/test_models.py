@@ -43,7 +43,7 @@ CASES = {
 @pytest.fixture
 def user_models(monkeypatch):
     # tests/ is not a package: put it on sys.path the way a user's package would be installed.
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1]))
 
 
 @pytest.mark.parametrize("family", CASES)

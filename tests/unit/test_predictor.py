@@ -1,7 +1,8 @@
 """Predictor and request validation, without Ray: real checkpoints, a real (local) registry.
 
 The digits models here are small MLPs fitted for a few full-batch steps on sklearn's digits, so
-their predictions mean something; `digits_checkpoint` is also what tests/test_serve.py registers.
+their predictions mean something; `digits_checkpoint` (tests/helpers.py) is also what the Serve
+tests register.
 """
 
 from __future__ import annotations
@@ -13,91 +14,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
+from helpers import DIGITS_SHAPE, digits_checkpoint, digits_data, tokens_checkpoint
 
 from cluster.errors import ConfigError, DataError
 from cluster.registry import Registry
 from serve import predictor as predictor_cli
+from serve.config import ServeArgs, parse_dynamic
 from serve.predictor import Predictor
-from serve.schemas import (
-    InputSchema,
-    RequestError,
-    ServeArgs,
-    extract_instances,
-    parse_dynamic,
-    parse_json_body,
-)
-from workloads.checkpoint import save_checkpoint
-from workloads.config import ModelConfig
-from workloads.data import prepare_features
-from workloads.models import build_model, model_spec
-
-DIGITS_SHAPE = [1, 8, 8]
-
-
-def digits_data() -> tuple[np.ndarray, np.ndarray]:
-    """Raw digits as clients send them: (N, 64) pixel values 0..16, and labels."""
-    digits = load_digits()
-    return digits.images.reshape(len(digits.images), -1).astype(np.float32), digits.target
-
-
-def digits_schema(features: np.ndarray) -> dict:
-    mean, std = float(features.mean()), float(features.std())
-    return {
-        "kind": "image",
-        "shape": DIGITS_SHAPE,
-        "dtype": "float32",
-        "class_names": [str(c) for c in range(10)],
-        "vocab_size": None,
-        "normalization": {"mean": [mean], "std": [std]},
-        "feature_columns": ["features"],
-        "label_column": "label",
-    }
-
-
-def digits_checkpoint(directory, *, seed: int, steps: int = 60):
-    """A digits MLP fitted for `steps` full-batch Adam steps; returns the checkpoint dir."""
-    features, labels = digits_data()
-    schema = digits_schema(features)
-    config = ModelConfig(family="mlp", hidden_sizes=[32], dropout=0.0)
-    spec = model_spec(config, input_shape=DIGITS_SHAPE, num_classes=10)
-    torch.manual_seed(seed)
-    model = build_model(spec)
-    inputs = torch.as_tensor(prepare_features(features, schema))
-    targets = torch.as_tensor(labels, dtype=torch.long)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(inputs), targets).backward()
-        optimizer.step()
-    accuracy = float((model(inputs).argmax(1) == targets).float().mean())
-    meta = {
-        "model": spec,
-        "input": schema,
-        "metrics": {"val_accuracy": accuracy},
-        "epoch": steps,
-        "config": {"seed": seed},
-        "run_name": f"test-digits-{seed}",
-    }
-    return save_checkpoint(directory, model=model, meta=meta)
-
-
-def tokens_checkpoint(directory, *, vocab_size: int = 16, length: int = 8):
-    schema = {
-        "kind": "tokens",
-        "shape": [length],
-        "dtype": "int64",
-        "class_names": ["a", "b", "c"],
-        "vocab_size": vocab_size,
-        "normalization": None,
-        "feature_columns": ["features"],
-        "label_column": "label",
-    }
-    config = ModelConfig(family="transformer", d_model=16, num_heads=2, num_layers=1, dropout=0.0)
-    spec = model_spec(config, input_shape=[length], num_classes=3, vocab_size=vocab_size)
-    torch.manual_seed(0)
-    meta = {"model": spec, "input": schema, "metrics": {}, "epoch": 0, "config": {}}
-    return save_checkpoint(directory, model=build_model(spec), meta=meta)
+from serve.schemas import InputSchema, RequestError, extract_instances, parse_json_body
+from workloads.checkpoint import InputSpec, open_registry, prepare_features
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +44,7 @@ def test_predictions_match_the_model_and_are_accurate(digits):
     features, labels = digits_data()
     prediction = digits.predict(features)
     # The same numbers by hand: training's preprocessing, the network, a softmax.
-    inputs = torch.as_tensor(prepare_features(features, digits.meta["input"]))
+    inputs = torch.as_tensor(prepare_features(features, InputSpec.from_dict(digits.meta["input"])))
     with torch.no_grad():
         expected = torch.softmax(digits.model(inputs), dim=1).numpy()
     np.testing.assert_allclose(prediction.probabilities, expected, rtol=1e-5, atol=1e-6)
@@ -165,7 +90,7 @@ def test_predictions_on_cuda_agree_with_cpu(tmp_path):
 def test_a_model_whose_outputs_do_not_match_its_classes_is_refused(tmp_path, digits):
     meta = json.loads(json.dumps(digits.meta))
     meta["input"]["class_names"] = ["only", "three", "names"]
-    with pytest.raises(DataError, match="returns 10 outputs but meta.json names 3 classes"):
+    with pytest.raises(DataError, match="returns 10 outputs but its checkpoint names 3 classes"):
         Predictor(digits.model, meta, name="digits", version=1)
 
 
@@ -278,7 +203,7 @@ def test_serve_args_are_validated_with_field_names():
         ({"max_batch_size": "many"}, "max_batch_size: Input should be a valid integer"),
         ({"autoscaling_config": {"min_replicas": 3, "max_replicas": 1}}, "max_replicas (1)"),
         ({"api_key_env": "MY KEY"}, "not an environment variable name"),
-        ({"replicas": 2}, "replicas: Extra inputs are not permitted"),
+        ({"replicas": 2}, "replicas: unknown field; allowed here: api_key_env"),
     ]
     for update, message in cases:
         with pytest.raises(ConfigError, match="invalid serve args") as caught:
@@ -296,7 +221,7 @@ def test_serve_args_are_validated_with_field_names():
 
 @pytest.fixture
 def registry(local_storage, tmp_path) -> Registry:
-    registry = Registry(local_storage)
+    registry = open_registry(local_storage)
     for seed in (1, 2):
         directory = digits_checkpoint(tmp_path / f"v{seed}", seed=seed, steps=5 * seed)
         registry.register("digits", directory, lineage={"seed": seed})

@@ -1,22 +1,17 @@
-"""Storage against a real SeaweedFS and a local directory: objects, conditional writes, errors."""
+"""Storage's contract, run on every backend: objects, directories, conditional writes.
+
+tests/unit/test_storage.py runs it on a local directory, tests/integration/test_storage_s3.py on
+a real SeaweedFS; each supplies the `storage` fixture.
+"""
 
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cluster.errors import NotFoundError, StorageError
-from cluster.storage import Storage
-
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["local", "s3"])
-def storage(request) -> Storage:
-    return request.getfixturevalue(f"{request.param}_storage")
+from cluster.errors import NotFoundError
 
 
 def test_bytes_json_list_delete_round_trip(storage):
@@ -70,45 +65,3 @@ def test_compare_and_swap_rejects_a_stale_version(storage):
     assert storage.read_bytes("alias.json") == b"v2"
     assert not storage.compare_and_swap("alias.json", b"v4", None)  # must-not-exist
     assert storage.compare_and_swap("new.json", b"n1", None)
-
-
-@pytest.mark.parametrize(
-    "uri, message",
-    [
-        ("gs://bucket/x", "unsupported storage URI"),
-        ("s3://", "malformed storage URI"),
-        ("s3://Bad_Bucket/x", "malformed storage URI"),
-        ("", "storage URI is empty"),
-    ],
-)
-def test_malformed_uris_are_rejected(uri, message):
-    with pytest.raises(StorageError, match=message):
-        Storage(uri)
-
-
-def test_missing_bucket_is_named(s3_server):
-    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
-        Storage("s3://no-such-bucket/x").check()
-
-
-def test_wrong_credentials_are_reported_without_the_secret(s3_server, monkeypatch):
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong-secret")
-    with pytest.raises(StorageError) as caught:
-        Storage(f"s3://{s3_server.bucket}/x").check()
-    assert "AWS_SECRET_ACCESS_KEY" in str(caught.value)
-    assert "definitely-wrong-secret" not in str(caught.value)
-
-
-def test_unreachable_endpoint_fails_within_seconds(s3_server, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
-    started = time.monotonic()
-    with pytest.raises(StorageError, match="cannot reach the S3 endpoint http://127.0.0.1:9"):
-        Storage("s3://raylane-test/x").check()
-    assert time.monotonic() - started < 15
-
-
-def test_local_storage_that_cannot_be_written(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    with pytest.raises(StorageError, match="not writable"):
-        Storage(str(blocker / "artifacts")).check()

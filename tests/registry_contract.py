@@ -1,10 +1,8 @@
-"""Model registry against a local directory and a real SeaweedFS: versions, refs, aliases, CLI.
+"""The model registry's contract, run on every storage backend.
 
-    .venv/bin/python -m pytest tests/test_registry.py -q
-    .venv/bin/python -m pytest tests/test_registry.py -q -m "not integration"   # local dir only
-
-Every storage-backed test runs twice, on a local directory and on S3 (the S3 runs are marked
-`integration`). Checkpoints are a few fake bytes: the registry never interprets the weights.
+tests/unit/test_registry.py runs it on a local directory, tests/integration/test_registry_s3.py
+on a real SeaweedFS: each imports every test below and supplies the `storage` fixture from its
+own tier's conftest. Checkpoints are a few fake bytes: the registry never reads the weights.
 """
 
 from __future__ import annotations
@@ -16,18 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cluster.errors import ConfigError, ConflictError, NotFoundError, RaylaneError, run_cli
-from cluster.registry import ModelRef, Registry, main
+from cluster.registry import ModelRef, Registry
 from cluster.storage import Storage
-
-
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
-def storage(request) -> Storage:
-    return request.getfixturevalue(f"{request.param}_storage")
+from raylane.models import main
+from workloads.checkpoint import open_registry
 
 
 @pytest.fixture
 def registry(storage) -> Registry:
-    return Registry(storage)
+    return open_registry(storage)
 
 
 def make_checkpoint(path, accuracy: float = 0.9):
@@ -40,28 +35,6 @@ def make_checkpoint(path, accuracy: float = 0.9):
 def register_many(registry, tmp_path, name: str, count: int) -> list[int]:
     checkpoint = make_checkpoint(tmp_path / "ckpt")
     return [registry.register(name, checkpoint, lineage={"trial": i}) for i in range(count)]
-
-
-# ---------------------------------------------------------------------- refs (pure)
-
-
-@pytest.mark.parametrize(
-    "text, ref",
-    [
-        ("digits", ModelRef("digits")),
-        ("digits@production", ModelRef("digits", alias="production")),
-        ("digits-cnn.v2:12", ModelRef("digits-cnn.v2", version=12)),
-    ],
-)
-def test_model_refs_parse_and_print(text, ref):
-    assert ModelRef.parse(text) == ref
-    assert str(ref) == text
-
-
-@pytest.mark.parametrize("text", ["", "Digits", "digits:", "digits:x", "a@b:3", "d@Prod", "-x"])
-def test_malformed_refs_show_the_accepted_forms(text):
-    with pytest.raises(ConfigError, match="NAME, NAME@ALIAS or NAME:VERSION"):
-        ModelRef.parse(text)
 
 
 # ---------------------------------------------------------------------- versions
@@ -153,7 +126,7 @@ def test_errors_list_what_exists(registry, tmp_path):
     with pytest.raises(NotFoundError, match="no version 7"):
         registry.promote("digits", "production", 7)
     with pytest.raises(NotFoundError, match="none is registered yet"):
-        Registry(registry.storage.child("empty")).versions("digits")
+        open_registry(registry.storage.child("empty")).versions("digits")
 
 
 # ---------------------------------------------------------------------- aliases

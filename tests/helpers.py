@@ -1,0 +1,97 @@
+"""Helpers shared by the test modules of both tiers (tests/unit, tests/integration).
+
+features, labels = digits_data()                 # raw digits, as clients send them
+directory = digits_checkpoint(tmp / "v1", seed=1)   # a small trained MLP checkpoint
+wait_for(lambda: server_is_up(), timeout_s=30, what="the server")
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+
+from workloads.checkpoint import InputSpec, prepare_features, save_checkpoint
+from workloads.config import ModelConfig
+from workloads.models import build_model, model_spec
+
+
+def wait_for(condition, *, timeout_s: float, what: str, interval_s: float = 0.25):
+    """Poll `condition` until it is true; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+DIGITS_SHAPE = [1, 8, 8]
+
+
+def digits_data() -> tuple[np.ndarray, np.ndarray]:
+    """Raw digits as clients send them: (N, 64) pixel values 0..16, and labels."""
+    digits = load_digits()
+    return digits.images.reshape(len(digits.images), -1).astype(np.float32), digits.target
+
+
+def digits_schema(features: np.ndarray) -> dict:
+    """The input section training would write for these features."""
+    mean, std = float(features.mean()), float(features.std())
+    return {
+        "kind": "image",
+        "shape": DIGITS_SHAPE,
+        "dtype": "float32",
+        "class_names": [str(c) for c in range(10)],
+        "vocab_size": None,
+        "normalization": {"mean": [mean], "std": [std]},
+        "feature_columns": ["features"],
+        "label_column": "label",
+    }
+
+
+def digits_checkpoint(directory, *, seed: int, steps: int = 60):
+    """A digits MLP fitted for `steps` full-batch Adam steps; returns the checkpoint dir."""
+    features, labels = digits_data()
+    schema = digits_schema(features)
+    config = ModelConfig(family="mlp", hidden_sizes=[32], dropout=0.0)
+    spec = model_spec(config, input_shape=DIGITS_SHAPE, num_classes=10)
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    inputs = torch.as_tensor(prepare_features(features, InputSpec.from_dict(schema)))
+    targets = torch.as_tensor(labels, dtype=torch.long)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+    accuracy = float((model(inputs).argmax(1) == targets).float().mean())
+    meta = {
+        "model": spec,
+        "input": schema,
+        "metrics": {"val_accuracy": accuracy},
+        "epoch": steps,
+        "config": {"seed": seed},
+        "run_name": f"test-digits-{seed}",
+    }
+    return save_checkpoint(directory, model=model, meta=meta)
+
+
+def tokens_checkpoint(directory, *, vocab_size: int = 16, length: int = 8):
+    schema = {
+        "kind": "tokens",
+        "shape": [length],
+        "dtype": "int64",
+        "class_names": ["a", "b", "c"],
+        "vocab_size": vocab_size,
+        "normalization": None,
+        "feature_columns": ["features"],
+        "label_column": "label",
+    }
+    config = ModelConfig(family="transformer", d_model=16, num_heads=2, num_layers=1, dropout=0.0)
+    spec = model_spec(config, input_shape=[length], num_classes=3, vocab_size=vocab_size)
+    torch.manual_seed(0)
+    meta = {"model": spec, "input": schema, "metrics": {}, "epoch": 0, "config": {}}
+    return save_checkpoint(directory, model=build_model(spec), meta=meta)
