@@ -61,6 +61,7 @@ def register_model(storage, hidden: list[int], features: int) -> str:
     from workloads.checkpoint import open_registry, save_checkpoint
     from workloads.config import ModelConfig
     from workloads.models import build_model, model_spec
+    from workloads.trust import CodePolicy
 
     config = ModelConfig(family="mlp", hidden_sizes=hidden, dropout=0.0)
     spec = model_spec(config, input_shape=[features], num_classes=CLASSES)
@@ -83,7 +84,7 @@ def register_model(storage, hidden: list[int], features: int) -> str:
         "metrics": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(tmp, model=build_model(spec), meta=meta)
+        save_checkpoint(tmp, model=build_model(spec, policy=CodePolicy.CONFIGURED), meta=meta)
         version = open_registry(storage).register(
             MODEL_NAME, tmp, lineage={"source": "bench.serve"}
         )

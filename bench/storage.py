@@ -36,10 +36,11 @@ def make_checkpoint(directory: Path, hidden: list[int]) -> int:
     from workloads.checkpoint import save_checkpoint
     from workloads.config import ModelConfig, TrainConfig
     from workloads.models import build_model, model_spec
+    from workloads.trust import CodePolicy
     from workloads.worker import make_optimizer
 
     spec = model_spec(ModelConfig(hidden_sizes=hidden), input_shape=[64], num_classes=10)
-    model = build_model(spec)
+    model = build_model(spec, policy=CodePolicy.CONFIGURED)
     optimizer = make_optimizer(model, TrainConfig())
     model(torch.zeros(2, 64)).sum().backward()
     optimizer.step()  # creates the moment buffers: the optimizer state is 2x the weights

@@ -128,12 +128,19 @@ def train_epochs(model, features, labels, train_config, *, epochs: int, barrier=
 
 def plain_loop(spec, features, labels, train_config, *, epochs: int) -> list[float]:
     from workloads.models import build_model
+    from workloads.trust import CodePolicy
 
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
         torch.manual_seed(0)
-        timings = train_epochs(build_model(spec), features, labels, train_config, epochs=epochs)
+        timings = train_epochs(
+            build_model(spec, policy=CodePolicy.CONFIGURED),
+            features,
+            labels,
+            train_config,
+            epochs=epochs,
+        )
     finally:
         torch.set_num_threads(threads)
     return [samples / seconds for seconds, samples in timings]
@@ -144,12 +151,13 @@ def _ddp_rank(rank, world, port, spec, features, labels, train_config, epochs, o
     from torch.nn.parallel import DistributedDataParallel
 
     from workloads.models import build_model
+    from workloads.trust import CodePolicy
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)  # fmt: skip
-    model = DistributedDataParallel(build_model(spec))
+    model = DistributedDataParallel(build_model(spec, policy=CodePolicy.CONFIGURED))
     shard = slice(rank, None, world)  # equal halves, as Ray Data's split gives each worker
     timings = train_epochs(
         model, features[shard], labels[shard], train_config, epochs=epochs, barrier=dist.barrier

@@ -18,6 +18,7 @@ import os
 # workers (2 s by default, docs/architecture.md, "Ray facts"). Epochs here take a second or less, so a 2 s poll
 # would dominate small runs and sweeps; 0.25 s keeps the controller cheap and reports fast.
 TRAIN_POLL_INTERVAL_S = "0.25"
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a node's address is loopback
 JOB_ENV_VARS = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_INTERVAL_S,
     # Ray Data's progress bars interleave badly with our per-epoch lines.
@@ -46,7 +47,24 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
         kwargs["num_cpus"] = num_cpus
         kwargs["include_dashboard"] = True
         kwargs["dashboard_host"] = "127.0.0.1"
+    if not address:
+        # A Ray that raylane starts itself serves this machine only. By default Ray takes the
+        # machine's network address as the node's and its GCS, raylet, agents and workers
+        # listen on every interface (14 sockets for `raylane serve`). With this variable Ray
+        # takes the loopback address as the node IP, as it does on macOS, and they listen on
+        # loopback; inherited by every process of the local Ray. Never set when connecting to
+        # a cluster: its nodes must reach each other (docs/architecture.md, "Ray facts").
+        loopback_only()
     ray.init(address=address, **kwargs)
+
+
+def loopback_only() -> None:
+    """Make the Ray about to start take 127.0.0.1 as its node address (see connect)."""
+    from ray._private import ray_constants
+
+    if os.environ.setdefault(LOOPBACK_ENV, "0") == "0":
+        # The driver read the variable when Ray was imported; Ray's processes read it at start.
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def configure_process() -> None:

@@ -11,8 +11,8 @@ Routes (KServe-v1 style; OpenAPI at /docs and /openapi.json):
     GET  /healthz                 liveness; needs no API key
 Errors are 4xx with {"error": "<what is wrong and what was expected>"}: 400 malformed JSON,
 401 missing/wrong API key (when the env var named by `api_key_env` is set on the replicas),
-404 unknown model or route, 413 body over `max_body_bytes`, 422 instances that do not fit the
-model's input schema (serve/schemas.py). Serve itself answers 503 past `max_queued_requests`.
+404 unknown model or route, 413 body over `max_body_bytes`, 415 a Content-Type that is not
+JSON, 422 instances that do not fit the model's input schema (serve/schemas.py). Serve itself answers 503 past `max_queued_requests`.
 
 A request is read, authorized and validated on its own, before it joins a batch, so a bad
 request never fails the good ones batched with it. Batches follow the load (serve/batching.py):
@@ -66,6 +66,7 @@ from serve.schemas import (
     PredictRequest,
     PredictResponse,
     RequestError,
+    check_content_type,
     extract_instances,
     parse_json_body,
 )
@@ -87,7 +88,7 @@ api = FastAPI(
     description="Predictions from a registered model. Send raw feature values; the model's "
     "own normalization is applied on the server. GET /v1/models/NAME says what an instance is.",
 )
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422)}
 BODY_DOC = {
     "requestBody": {
         "required": True,
@@ -165,15 +166,47 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+# Defined before ModelServer: Serve pickles the class when it is decorated, with the module
+# globals that exist at that moment.
+def bind_replica_grpc_to_node() -> None:
+    """On a loopback-only node, keep the replica's inter-deployment gRPC server on loopback.
+
+    Ray Serve 2.60 binds that server to "[::]:0", every interface, whatever the node's address
+    (ray/serve/_private/replica.py, `_on_initialized`, which runs after this constructor). On a
+    Ray that raylane started itself the node address is 127.0.0.1 (cluster/runtime.py) and
+    nothing else on the node listens beyond loopback, so neither does this. On a real cluster
+    (a routable node address) Ray's own binding is left alone: other nodes must reach it.
+    """
+    import ipaddress
+
+    import ray
+    from ray.serve._private import replica
+
+    if not ipaddress.ip_address(ray.util.get_node_ip_address()).is_loopback:
+        return
+    original = replica.add_port_to_grpc_server
+    if getattr(original, "raylane_loopback", False):
+        return
+
+    def add_port(server, address: str):
+        return original(server, address.replace("[::]", "127.0.0.1", 1))
+
+    add_port.raylane_loopback = True
+    replica.add_port_to_grpc_server = add_port
+
+
 @ray_serve.deployment(name="ModelServer")
 @ray_serve.ingress(api)
 class ModelServer:
     """One replica: validates each request, batches the valid ones, names the version."""
 
     async def __init__(self, args: dict):
+        bind_replica_grpc_to_node()
         self.args = ServeArgs.parse(args)
         env = self.args.api_key_env
         self._api_key = (os.environ.get(env) or "") if env else ""  # read once, never logged
+        if env and env in os.environ and not self._api_key:
+            logger.warning(f"{env} is set but empty: the API is served WITHOUT an API key")
         self.registry = open_registry(Storage.from_uri(self.args.storage))
         self.device = "cuda" if self.args.num_gpus > 0 else "cpu"
         self.metrics = ServeMetrics()
@@ -224,8 +257,9 @@ class ModelServer:
             old = self.predictor
             if old is None or (old.name, old.version) != (name, version):
                 self.predictor = await asyncio.to_thread(
-                    Predictor.load_version, self.registry, name, version, device=self.device
-                )
+                    Predictor.load_version, self.registry, name, version, device=self.device,
+                    allow_modules=self.args.custom_model_modules,
+                )  # fmt: skip
                 was = f" (was {old.name}:{old.version})" if old else ""
                 logger.info(f"replica {self.replica} serves {name}:{version} for {ref}{was}")
             self.ref = ref
@@ -271,6 +305,7 @@ class ModelServer:
         try:
             self._authorize(request)
             self._check_name(name, predictor)
+            check_content_type(request.headers.get("content-type"))
             body = await read_body(request, self.args.max_body_bytes)
             instances = extract_instances(parse_json_body(body))
             rows = predictor.schema.parse(instances, max_instances=self.args.max_instances)
@@ -373,6 +408,12 @@ class ModelServer:
         return JSONResponse(body, status_code=code, headers=headers)
 
 
+def warn_if_open(api_key_env: str | None) -> None:
+    """A key variable that is set but empty turns authentication off: say so, loudly."""
+    if api_key_env and api_key_env in os.environ and not os.environ[api_key_env]:
+        print(f"warning: {api_key_env} is set but empty: serving WITHOUT an API key", flush=True)
+
+
 def deployment_options(args: ServeArgs) -> dict:
     """ServeArgs -> `Deployment.options(...)`: replicas, resources, queues, user_config."""
     options = {
@@ -424,6 +465,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--min-replicas", type=int, default=1, help="with --max-replicas (default 1)")
     add("--target-ongoing-requests", type=float, default=2.0, help="autoscaling target per replica")
     add("--api-key-env", default="RAYLANE_API_KEY", help="env var holding the API key, if set")
+    add(
+        "--allow-custom-module",
+        dest="custom_model_modules",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="let replicas import custom model classes from MODULE; repeatable (default: none)",
+    )
     options = vars(parser.parse_args(argv))
 
     host, port, address = options.pop("host"), options.pop("port"), options.pop("address")
@@ -438,7 +487,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     storage = Storage.from_uri(args.storage)
     storage.check()
-    name, version = open_registry(storage).resolve(args.model)  # fail here, not in a replica log
+    # Load the version here first: a missing, corrupt or refused model is one line now, not a
+    # replica's traceback after Ray and Serve have started.
+    registry = open_registry(storage)
+    name, version = registry.resolve(args.model)
+    Predictor.load_version(registry, name, version, allow_modules=args.custom_model_modules)
+    warn_if_open(args.api_key_env)
     args = args.model_copy(update={"storage": storage.uri})
 
     from cluster.runtime import connect

@@ -56,6 +56,11 @@ class ServeArgs(Strict):
     watch_interval_s: float = Field(
         default=10.0, ge=0, description="poll the alias this often for a new version; 0 = off"
     )
+    custom_model_modules: list[str] = Field(
+        default=[],
+        description="module prefixes whose custom model classes replicas may import (off: a "
+        "registry entry never chooses what code runs; see workloads/trust.py)",
+    )
 
     _check_model = field_validator("model")(classmethod(lambda cls, value: _model_ref(value)))
 

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 
 from cluster.config import add_common_args
-from cluster.errors import DataError, run_cli
+from cluster.errors import DataError, RaylaneError, run_cli
 from cluster.registry import ModelRef, Registry
 from cluster.storage import Storage
 from serve.schemas import InputSchema, extract_instances, parse_json_body
 from workloads.checkpoint import load_model, open_registry, prepare_features
+from workloads.trust import CodePolicy
 
 CLI_MAX_INSTANCES = 1_000_000  # the CLI reads a local file: only memory limits it
 
@@ -63,27 +64,43 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, directory: str | Path, *, name: str, version: int, device: str = "cpu"
-    ) -> Predictor:
-        model, meta = load_model(directory, device=device)
-        return cls(model, meta, name=name, version=version, device=device)
+        cls, directory: str | Path, *, name: str, version: int, policy: CodePolicy,
+        device: str = "cpu",
+    ) -> Predictor:  # fmt: skip
+        """Load a checkpoint directory. `policy` says which custom model code may be imported
+        (workloads/trust.py); a corrupt or refused model is one error naming the version."""
+        try:
+            model, meta = load_model(directory, policy=policy, device=device)
+            return cls(model, meta, name=name, version=version, device=device)
+        except RaylaneError as error:
+            raise type(error)(f"cannot load model {name}:{version}: {error}") from None
 
     @classmethod
     def from_registry(
-        cls, registry: Registry, ref: str | ModelRef, *, device: str = "cpu"
-    ) -> Predictor:
+        cls, registry: Registry, ref: str | ModelRef, *, device: str = "cpu",
+        allow_modules: Sequence[str] = (),
+    ) -> Predictor:  # fmt: skip
         """Resolve `name@alias` / `name:version` / `name` and load that version."""
         name, version = registry.resolve(ref)
-        return cls.load_version(registry, name, version, device=device)
+        return cls.load_version(registry, name, version, device=device, allow_modules=allow_modules)
 
     @classmethod
     def load_version(
-        cls, registry: Registry, name: str, version: int, *, device: str = "cpu"
-    ) -> Predictor:
+        cls, registry: Registry, name: str, version: int, *, device: str = "cpu",
+        allow_modules: Sequence[str] = (),
+    ) -> Predictor:  # fmt: skip
+        """Download and load one version. Custom model classes load only from modules the
+        operator allowed ($RAYLANE_CUSTOM_MODEL_MODULES or `allow_modules`), never from the
+        registry's own storage."""
+        policy = CodePolicy.for_loading(
+            storage_root=registry.storage.local_root, extra=allow_modules
+        )
         # The weights end up in memory; the downloaded files are not needed after loading.
         with tempfile.TemporaryDirectory(prefix="raylane-model-") as tmp:
             directory = registry.download(name, version, Path(tmp) / "checkpoint")
-            return cls.from_checkpoint(directory, name=name, version=version, device=device)
+            return cls.from_checkpoint(
+                directory, name=name, version=version, policy=policy, device=device
+            )
 
     def predict(self, rows: np.ndarray) -> Prediction:
         """Raw validated rows (n, prod(shape)) -> labels and probabilities."""
@@ -166,6 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="NAME@ALIAS, NAME:VERSION or NAME")
     parser.add_argument("--input", required=True, help="JSON file of instances, or - for stdin")
     add_common_args(parser, overrides=None, address=False)
+    parser.add_argument(
+        "--allow-custom-module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="let a custom model class from MODULE (and its submodules) load; repeatable. "
+        "Off by default: a registry entry never chooses what code runs here",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     args = parser.parse_args(argv)
 
@@ -173,7 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     instances = read_instances(args.input)  # a bad file fails before any download
     storage = Storage.from_uri(args.storage)
     storage.check()
-    predictor = Predictor.from_registry(open_registry(storage), ref, device=args.device)
+    predictor = Predictor.from_registry(
+        open_registry(storage), ref, device=args.device, allow_modules=args.allow_custom_module
+    )
     result = predictor.predict_instances(instances, max_instances=CLI_MAX_INSTANCES)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

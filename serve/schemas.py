@@ -94,9 +94,9 @@ def extract_instances(payload: Any, *, allow_bare_list: bool = False) -> list:
         raise RequestError(422, f"the body is {_json_type(payload)}; expected {BODY_FORM}")
     unknown = sorted(set(payload) - {"instances"})
     if unknown:
-        raise RequestError(
-            422, f"unknown field(s) {', '.join(map(repr, unknown))}; expected {BODY_FORM}"
-        )
+        shown = ", ".join(quote(key) for key in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise RequestError(422, f"unknown field(s) {shown}{more}; expected {BODY_FORM}")
     if "instances" not in payload:
         raise RequestError(422, f'the field "instances" is missing; expected {BODY_FORM}')
     instances = payload["instances"]
@@ -278,6 +278,27 @@ def _to_float(grid: np.ndarray, *, where: str) -> np.ndarray:
         ) from None
 
 
+def quote(value: Any, width: int = 40) -> str:
+    """A client's value inside an error message, clipped: an error never echoes a whole body."""
+    text = json.dumps(value) if not isinstance(value, str) else json.dumps(value[: width + 1])
+    return text if len(text) <= width else text[: width - 3] + '..."'
+
+
+JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")
+
+
+def check_content_type(header: str | None) -> None:
+    """Bodies are JSON. No Content-Type, a JSON type (`application/json`, `*/*+json`) and curl's
+    default for `-d` (form-urlencoded) are read as JSON; a body that says it is something else
+    (text/plain, XML, multipart, ...) is refused with 415 rather than guessed at."""
+    media = (header or "").split(";")[0].strip().lower()
+    if not media or media in JSON_TYPES or media.endswith("+json"):
+        return
+    raise RequestError(
+        415, f"Content-Type {quote(media)} is not JSON; send Content-Type: application/json"
+    )
+
+
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
 
@@ -289,7 +310,7 @@ def _json_type(value: Any) -> str:
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
     if isinstance(value, str):
-        return f"the string {json.dumps(value[:32])}"
+        return f"the string {quote(value, 32)}"
     if isinstance(value, dict):
         return "an object"
     if isinstance(value, list):

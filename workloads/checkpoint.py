@@ -7,7 +7,7 @@
 
     meta = build_meta(spec=spec, input_spec=info.input_spec(), config=job, epoch=3, ...)
     save_checkpoint(directory, model=model, meta=meta, train_state=state)
-    model, meta = load_model(directory)
+    model, meta = load_model(directory, policy=CodePolicy.for_loading())
     registry = open_registry(storage)          # a Registry that knows this contract
 
 The same directory is what Ray Train reports, what the registry stores as a version, and what
@@ -33,6 +33,7 @@ from cluster.errors import DataError
 from cluster.registry import Registry, VersionLayout
 from cluster.storage import Storage
 from workloads.models import build_model
+from workloads.trust import CodePolicy
 
 FORMAT_VERSION = 1
 WEIGHTS, META, TRAIN_STATE = "model.safetensors", "meta.json", "train_state.pt"
@@ -220,17 +221,37 @@ def input_spec_of(meta: dict) -> InputSpec:
 
 
 def load_weights(directory: str | Path, *, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """The weights of a checkpoint directory, as a state dict (never unpickled)."""
-    return load_file(str(Path(directory) / WEIGHTS), device=device)
+    """The weights of a checkpoint directory, as a state dict (never unpickled). A missing,
+    truncated or hostile file (a huge or garbage header) is one DataError, not a traceback."""
+    path = Path(directory) / WEIGHTS
+    try:
+        return load_file(str(path), device=device)
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: the checkpoint is incomplete") from None
+    except Exception as error:  # SafetensorError, OSError, ...: the file is not what it claims
+        raise DataError(
+            f"{path} is corrupt or not a safetensors file ({_reason(error)}); register the "
+            "version again from a good checkpoint"
+        ) from None
 
 
-def load_model(directory: str | Path, *, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model from meta.json and load its weights; returns (model in eval mode, meta)."""
+def load_model(
+    directory: str | Path, *, policy: CodePolicy, device: str = "cpu"
+) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model from meta.json and load its weights; returns (model in eval mode, meta).
+
+    `policy` (workloads/trust.py) decides whether a custom class named in meta.json may be
+    imported; it is checked before any import.
+    """
     meta = read_meta(directory)
-    model = build_model(meta.get("model"))
-    missing, unexpected = model.load_state_dict(
-        load_weights(directory, device=device), strict=False
-    )
+    model = build_model(meta.get("model"), policy=policy)
+    weights = load_weights(directory, device=device)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as error:  # shapes that do not fit
+        raise DataError(
+            f"weights in {directory} do not fit the model in {META}: {_reason(error)}"
+        ) from None
     if missing or unexpected:
         raise DataError(
             f"weights in {directory} do not fit the model in {META}: missing {missing[:5]}, "
@@ -240,7 +261,25 @@ def load_model(directory: str | Path, *, device: str = "cpu") -> tuple[torch.nn.
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:
+    """Optimizer/scheduler/RNG state, or None. Loaded with weights_only=True: a file holding
+    anything but tensors and plain containers is refused, and never unpickled."""
     path = Path(directory) / TRAIN_STATE
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError for foreign objects, EOFError, ...
+        raise DataError(
+            f"{path} is corrupt or holds objects other than tensors ({_reason(error)}); it "
+            f"was not loaded. Delete {TRAIN_STATE} to resume from the weights alone, or start "
+            "the run under a new name"
+        ) from None
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an error, without advice meant for someone else (torch's message
+    about weights_only=False suggests unpickling, which raylane never does)."""
+    if "weights_only" in str(error):
+        return f"{type(error).__name__}: it holds objects that only an unpickler could load"
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {(lines[0] if lines else '')[:160]}"

@@ -23,11 +23,14 @@ from cluster.storage import Storage
 from workloads.checkpoint import input_spec_of, load_model, prepare_features, read_meta
 from workloads.data import read_split
 from workloads.step import classification_metrics, predict_logits
+from workloads.trust import CodePolicy
 
 
-def evaluate_directory(directory: str | Path, *, batch_size: int = 1024) -> dict[str, float]:
+def evaluate_directory(
+    directory: str | Path, *, policy: CodePolicy, batch_size: int = 1024
+) -> dict[str, float]:
     """Validation metrics of the checkpoint in a local directory."""
-    model, meta = load_model(directory)
+    model, meta = load_model(directory, policy=policy)
     spec = input_spec_of(meta)
     fraction = meta["config"]["data"]["validation_fraction"]
     features, labels = read_split(
@@ -42,12 +45,17 @@ def evaluate_directory(directory: str | Path, *, batch_size: int = 1024) -> dict
     return {f"val_{k}": v for k, v in metrics.items()}
 
 
-def evaluate_uri(uri: str) -> tuple[dict[str, float], dict[str, float]]:
-    """(metrics now, metrics recorded at training time) for a checkpoint at any storage URI."""
+def evaluate_uri(
+    uri: str, *, allow_modules: Sequence[str] = ()
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(metrics now, metrics recorded at training time) for a checkpoint at any storage URI.
+    A custom model class loads only from modules the operator allowed (workloads/trust.py)."""
+    storage = Storage.from_uri(uri)
+    policy = CodePolicy.for_loading(storage_root=storage.local_root, extra=allow_modules)
     with tempfile.TemporaryDirectory(prefix="raylane-eval-") as tmp:
-        directory = Storage.from_uri(uri).download_dir("", tmp)
+        directory = storage.download_dir("", tmp)
         recorded = read_meta(directory).get("metrics", {})
-        return evaluate_directory(directory), recorded
+        return evaluate_directory(directory, policy=policy), recorded
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,8 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("checkpoint", help="checkpoint directory or URI")
     parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument(
+        "--allow-custom-module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="let a custom model class from MODULE load (repeatable; default: none)",
+    )
     args = parser.parse_args(argv)
-    now, recorded = evaluate_uri(args.checkpoint)
+    now, recorded = evaluate_uri(args.checkpoint, allow_modules=args.allow_custom_module)
     if args.json:
         print(json.dumps({"metrics": now, "recorded": recorded}))
         return 0

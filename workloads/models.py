@@ -1,7 +1,7 @@
 """The networks raylane trains: MLP, CNN, Transformer, plus user models plugged in by name.
 
     spec = model_spec(config.model, input_shape=[1, 8, 8], num_classes=10)
-    model = build_model(spec)          # the same call rebuilds it from a checkpoint's meta
+    model = build_model(spec, policy=CodePolicy.CONFIGURED)   # or the allow-list when loading
 
 Every model here is a plain `nn.Module` that knows nothing about Ray, devices or DDP; the
 worker applies those. Inputs: MLP takes float features of any shape (flattened), CNN takes
@@ -36,6 +36,7 @@ from torch import nn
 
 from cluster.errors import ConfigError, DataError
 from workloads.config import ModelConfig
+from workloads.trust import CodePolicy
 
 
 class MLP(nn.Module):
@@ -198,24 +199,36 @@ def model_spec(
     return {"family": config.family, "kwargs": kwargs | common}
 
 
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from its spec (fresh weights; load a state_dict for trained ones)."""
+def build_model(spec: dict[str, Any], *, policy: CodePolicy) -> nn.Module:
+    """Rebuild a model from its spec (fresh weights; load a state_dict for trained ones).
+
+    `policy` says whether a custom class may be imported (workloads/trust.py): training passes
+    CodePolicy.CONFIGURED, anything that loads a stored checkpoint the operator's allow-list.
+    """
     if not (isinstance(spec, dict) and isinstance(spec.get("kwargs"), dict)):
-        raise ConfigError(f"a model spec is {{'family': ..., 'kwargs': {{...}}}}, got {spec!r}")
+        raise ConfigError(
+            f"a model spec is {{'family': ..., 'kwargs': {{...}}}}, got {_clip(repr(spec))}"
+        )
     family, kwargs = spec.get("family"), spec["kwargs"]
     if family == "custom":
+        policy.check(spec.get("class"))  # before anything is imported
         cls, name = import_model_class(spec.get("class")), spec.get("class")
     elif family in FAMILIES:
         cls, name = FAMILIES[family], family
     else:
         allowed = ", ".join([*FAMILIES, "custom"])
-        raise ConfigError(f"unknown model family {family!r}; allowed: {allowed}")
+        raise ConfigError(f"unknown model family {_clip(repr(family))}; allowed: {allowed}")
     try:
         return cls(**kwargs)
     except Exception as error:  # user constructors can raise anything; say which model failed
         raise ConfigError(
-            f"cannot build model {name!r} with kwargs {kwargs}: {type(error).__name__}: {error}"
-        ) from error
+            f"cannot build model {name!r} with kwargs {_clip(repr(kwargs))}: "
+            f"{type(error).__name__}: {_clip(str(error))}"
+        ) from None
+
+
+def _clip(text: str, width: int = 200) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def import_model_class(path: Any) -> type[nn.Module]:

@@ -25,6 +25,7 @@ from cluster.storage import Storage
 from workloads import data
 from workloads.config import JobConfig, load_job_config, presets
 from workloads.models import build_model, count_parameters, model_spec
+from workloads.trust import CodePolicy
 
 
 @dataclass
@@ -92,7 +93,8 @@ def run_training(
         num_classes=info.num_classes,
         vocab_size=info.vocab_size,
     )
-    parameters = count_parameters(build_model(spec))  # bad model settings fail here, not in workers
+    # Bad model settings fail here, not in workers; the class is the config's own (trusted).
+    parameters = count_parameters(build_model(spec, policy=CodePolicy.CONFIGURED))
     connect(address)
     prepared = prepared or prepare_data(config, storage, info)
     info, train_ds, validation_ds = prepared.info, prepared.train, prepared.validation

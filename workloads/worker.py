@@ -41,6 +41,7 @@ from workloads.checkpoint import (
 from workloads.config import JobConfig, TrainConfig
 from workloads.models import build_model
 from workloads.step import classification_metrics, predict_logits, train_step
+from workloads.trust import CodePolicy
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
     torch.set_num_threads(max(1, int(job.train.cpus_per_worker)))
 
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(build_model(loop.spec))
+    # The class was named by this job's own config, so CONFIGURED (workloads/trust.py).
+    model = ray.train.torch.prepare_model(build_model(loop.spec, policy=CodePolicy.CONFIGURED))
     optimizer = make_optimizer(model, job.train)
     scheduler = make_scheduler(optimizer, job.train)
     autocast_dtype, scaler = mixed_precision(job.train.precision, device)

@@ -22,7 +22,14 @@ import numpy as np
 import pytest
 import yaml
 from conftest import TEST_BUCKET
-from helpers import digits_checkpoint, digits_data, wait_for
+from helpers import (
+    descendants,
+    digits_checkpoint,
+    digits_data,
+    is_loopback,
+    listening_sockets,
+    wait_for,
+)
 
 from cluster.registry import Registry
 from cluster.s3server import free_port
@@ -250,7 +257,7 @@ BAD_REQUESTS = [
     Bad("not json", 400, "malformed JSON: Expecting value", b"instances=1"),
     Bad("empty body", 400, "the body is empty"),
     Bad("bare list", 422, 'the body is a list; expected {"instances"', b"[[0, 1]]"),
-    Bad("unknown field", 422, "unknown field(s) 'inputs'", b'{"inputs": []}'),
+    Bad("unknown field", 422, 'unknown field(s) "inputs"', b'{"inputs": []}'),
     Bad("no instances", 422, '"instances" is empty; send 1 to 16', b'{"instances": []}'),
     Bad(
         "too many", 422, "17 instances in one request; at most 16", instances(*[ZEROS + ", 0"] * 17)
@@ -459,3 +466,122 @@ def test_serve_config_deploy_and_user_config_reconfigure_without_restart(served)
         assert (after["ref"], after["batching"]["max_batch_size"]) == ("digits:1", 4)
         response = http.post(PREDICT, json=served.payloads[3]).json()
         assert response["version"] == 1 and same_answer(response, served.expected[1][3])
+
+
+# ---------------------------------------------------------------------- trust boundaries
+
+
+def planted_version(registry: Registry, tmp_path: Path, model: dict, *, weights: bytes = b""):
+    """Register a real digits checkpoint whose meta names `model` (and whose weights, when
+    given, are replaced): what someone with write access to the registry could store."""
+    import json
+
+    source = digits_checkpoint(tmp_path / "planted", seed=1, steps=1)
+    meta = json.loads((source / "meta.json").read_text())
+    (source / "meta.json").write_text(json.dumps({**meta, "model": model}))
+    if weights:
+        (source / "model.safetensors").write_bytes(weights)
+    return registry.register("digits", source, lineage={"planted": True})
+
+
+@pytest.mark.integration
+def test_a_promoted_hostile_or_corrupt_version_never_runs_and_the_current_one_keeps_serving(
+    served, tmp_path
+):
+    """The alias moves to a version that names an importable module (its top-level code would
+    leave a marker file), then to one with a garbage safetensors header: the replica refuses
+    both, imports nothing, and keeps answering with version 1."""
+    served.reset()
+    marker = tmp_path / "imported"
+    # Ray puts the driver's working directory (the repository) on its workers' import path, so
+    # a replica could import `tests.planted_by_a_registry_writer` if it were ever asked to.
+    module = Path(__file__).parents[1] / "planted_by_a_registry_writer.py"
+    module.write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
+    try:
+        hostile = planted_version(
+            served.registry,
+            tmp_path / "a",
+            {"family": "custom", "class": "tests.planted_by_a_registry_writer:Net", "kwargs": {}},
+        )
+        corrupt = planted_version(
+            served.registry,
+            tmp_path / "b",
+            digits_spec(),
+            weights=(2**62).to_bytes(8, "little") + b"{}",
+        )
+        with client(served) as http:
+            for version in (hostile, corrupt):
+                served.registry.promote("digits", "production", version)
+                time.sleep(2.0)  # four watch intervals of the replica
+                answer = http.post(PREDICT, json=served.payloads[0])
+                assert answer.status_code == 200 and answer.json()["version"] == 1
+                assert same_answer(answer.json(), served.expected[1][0])
+        assert not marker.exists(), "a registry entry chose code that ran on a replica"
+    finally:
+        module.unlink()
+        served.reset()
+
+
+def digits_spec() -> dict:
+    from workloads.config import ModelConfig
+    from workloads.models import model_spec
+
+    config = ModelConfig(family="mlp", hidden_sizes=[32], dropout=0.0)
+    return model_spec(config, input_shape=[1, 8, 8], num_classes=10)
+
+
+@pytest.mark.integration
+def test_a_custom_class_on_the_operators_allow_list_is_served(served, tmp_path):
+    """With custom_model_modules set by the operator, a custom model version serves, and its
+    HTTP answers equal the in-process ones."""
+    from ray import serve as ray_serve
+
+    from serve.app import APP_NAME, build_app
+    from workloads.checkpoint import save_checkpoint
+    from workloads.models import build_model
+    from workloads.trust import CodePolicy
+
+    served.reset()
+    source = digits_checkpoint(tmp_path / "custom", seed=2, steps=1)
+    spec = {"family": "custom", "class": "tests.fixtures_user_model:TinyNet",
+            "kwargs": {"input_shape": [1, 8, 8], "num_classes": 10}}  # fmt: skip
+    import json
+
+    meta = json.loads((source / "meta.json").read_text())
+    model = build_model(spec, policy=CodePolicy.CONFIGURED)
+    save_checkpoint(source, model=model, meta={**meta, "model": spec})
+    version = served.registry.register("digits", source, lineage={})
+    args = {**served.args, "model": f"digits:{version}",
+            "custom_model_modules": ["tests.fixtures_user_model"]}  # fmt: skip
+    try:
+        ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+        expected = Predictor.from_registry(
+            served.registry, f"digits:{version}", allow_modules=["tests.fixtures_user_model"]
+        ).predict_instances(served.payloads[1]["instances"], max_instances=16)
+        with client(served) as http:
+            answer = http.post(PREDICT, json=served.payloads[1]).json()
+        assert answer["version"] == version and same_answer(answer, expected)
+    finally:
+        served.reset()
+
+
+@pytest.mark.integration
+def test_ray_serve_and_seaweedfs_started_here_listen_only_on_loopback(served):
+    """Everything this test session started (the local Ray of `raylane serve`/`connect()`: GCS,
+    raylet, agents, workers, Serve's controller, proxy and replicas; SeaweedFS) listens on
+    127.0.0.1 only."""
+    import ray
+
+    session = ray._private.worker._global_node.get_session_dir_path()
+    roots = {os.getpid()}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and session.encode() in (entry / "cmdline").read_bytes():
+                roots.add(int(entry.name))
+        except OSError:
+            continue
+    sockets = listening_sockets(descendants(roots))
+    served_port = int(served.url.rsplit(":", 1)[1])
+    assert served_port in {port for _, port, _ in sockets}, "the check must see Serve's proxy"
+    outside = [(address, port) for address, port, _ in sockets if not is_loopback(address)]
+    assert not outside, f"listening beyond loopback: {outside}"

@@ -19,6 +19,7 @@ from cluster.errors import ConfigError, DataError
 from workloads.config import ModelConfig
 from workloads.models import CNN, MLP, Transformer, build_model, count_parameters, model_spec
 from workloads.step import classification_metrics, predict_logits, train_step
+from workloads.trust import CodePolicy
 
 # family -> (config, dataset facts, an input batch of 5)
 CASES = {
@@ -51,7 +52,10 @@ def test_spec_round_trip_rebuilds_the_same_model(family, tmp_path):
     config, facts, batch = CASES[family]
     spec = json.loads(json.dumps(model_spec(config, **facts)))  # meta.json holds it as JSON
     assert spec["family"] == family
-    first, second = build_model(spec), build_model(spec)
+    first, second = (
+        build_model(spec, policy=CodePolicy.CONFIGURED),
+        build_model(spec, policy=CodePolicy.CONFIGURED),
+    )
     assert type(first) is {"mlp": MLP, "cnn": CNN, "transformer": Transformer}[family]
     assert str(first) == str(second) and count_parameters(first) == count_parameters(second) > 0
 
@@ -78,7 +82,7 @@ def test_spec_records_dataset_facts():
 def test_transformer_ignores_padding():
     torch.manual_seed(0)
     config, facts, _ = CASES["transformer"]
-    model = build_model(model_spec(config, **facts)).eval()
+    model = build_model(model_spec(config, **facts), policy=CodePolicy.CONFIGURED).eval()
     tokens = torch.randint(1, 50, (3, 8))
     padded = torch.cat([tokens, torch.zeros(3, 4, dtype=torch.long)], dim=1)
     # Padding at the end changes neither attention nor the mean-pool.
@@ -98,7 +102,7 @@ def test_custom_model_plugs_in(user_models):
         "class": "fixtures_user_model:TinyNet",
         "kwargs": {"input_shape": [3, 4], "num_classes": 5, "hidden": 7},
     }
-    model = build_model(spec)
+    model = build_model(spec, policy=CodePolicy.CONFIGURED)
     assert type(model).__name__ == "TinyNet"
     assert model(torch.randn(2, 3, 4)).shape == (2, 5)
     assert count_parameters(model) == 12 * 7 + 7 + 7 * 5 + 5
@@ -107,7 +111,9 @@ def test_custom_model_plugs_in(user_models):
 def test_clear_errors(user_models):
     def custom(path, **kwargs):
         config = ModelConfig(family="custom", custom_class=path, custom_kwargs=kwargs)
-        return build_model(model_spec(config, input_shape=[4], num_classes=2))
+        return build_model(
+            model_spec(config, input_shape=[4], num_classes=2), policy=CodePolicy.CONFIGURED
+        )
 
     with pytest.raises(
         ConfigError, match=r"cannot import custom model class 'nope.module:Class'.*nope"
@@ -134,9 +140,12 @@ def test_clear_errors(user_models):
     with pytest.raises(DataError, match="at least 2 classes"):
         model_spec(ModelConfig(), input_shape=[4], num_classes=1)
     with pytest.raises(ConfigError, match="unknown model family 'rnn'"):
-        build_model({"family": "rnn", "kwargs": {}})
+        build_model({"family": "rnn", "kwargs": {}}, policy=CodePolicy.CONFIGURED)
     with pytest.raises(ConfigError, match=r"cannot build model 'mlp'.*hidden_sizes"):
-        build_model({"family": "mlp", "kwargs": {"in_features": 4, "num_classes": 2}})
+        build_model(
+            {"family": "mlp", "kwargs": {"in_features": 4, "num_classes": 2}},
+            policy=CodePolicy.CONFIGURED,
+        )
 
 
 def _fit(model, train, *, epochs, lr, batch_size=32):
@@ -167,7 +176,7 @@ def test_cnn_learns_digits(one_thread):
         input_shape=[1, 8, 8],
         num_classes=10,
     )
-    model = build_model(spec)
+    model = build_model(spec, policy=CodePolicy.CONFIGURED)
     _fit(model, (images[train], labels[train]), epochs=8, lr=3e-3)
     assert _accuracy(model, images[held_out], labels[held_out], 10) >= 0.95
 
@@ -192,6 +201,9 @@ def _keyword_task(rows, *, seed, length=24, vocab=30):
 def test_transformer_learns_keyword_counts(one_thread):
     torch.manual_seed(0)
     config = ModelConfig(family="transformer", d_model=32, num_heads=4, num_layers=2, dropout=0.0)
-    model = build_model(model_spec(config, input_shape=[24], num_classes=4, vocab_size=30))
+    model = build_model(
+        model_spec(config, input_shape=[24], num_classes=4, vocab_size=30),
+        policy=CodePolicy.CONFIGURED,
+    )
     _fit(model, _keyword_task(2000, seed=0), epochs=5, lr=2e-3)
     assert _accuracy(model, *_keyword_task(500, seed=1), 4) >= 0.85

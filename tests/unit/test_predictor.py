@@ -23,18 +23,21 @@ from serve.config import ServeArgs, parse_dynamic
 from serve.predictor import Predictor
 from serve.schemas import InputSchema, RequestError, extract_instances, parse_json_body
 from workloads.checkpoint import InputSpec, open_registry, prepare_features
+from workloads.trust import CodePolicy
+
+TRUSTED = CodePolicy.CONFIGURED  # the checkpoints here are the test's own
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Predictor:
     directory = digits_checkpoint(tmp_path_factory.mktemp("digits") / "ckpt", seed=1)
-    return Predictor.from_checkpoint(directory, name="digits", version=1)
+    return Predictor.from_checkpoint(directory, name="digits", version=1, policy=TRUSTED)
 
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory) -> Predictor:
     directory = tokens_checkpoint(tmp_path_factory.mktemp("tokens") / "ckpt")
-    return Predictor.from_checkpoint(directory, name="text", version=1)
+    return Predictor.from_checkpoint(directory, name="text", version=1, policy=TRUSTED)
 
 
 # ---------------------------------------------------------------------- predictions
@@ -79,8 +82,10 @@ def test_token_instances_are_padded_with_zeros(tokens):
 @pytest.mark.gpu
 def test_predictions_on_cuda_agree_with_cpu(tmp_path):
     directory = digits_checkpoint(tmp_path / "ckpt", seed=1)
-    cpu = Predictor.from_checkpoint(directory, name="digits", version=1)
-    cuda = Predictor.from_checkpoint(directory, name="digits", version=1, device="cuda")
+    cpu = Predictor.from_checkpoint(directory, name="digits", version=1, policy=TRUSTED)
+    cuda = Predictor.from_checkpoint(
+        directory, name="digits", version=1, policy=TRUSTED, device="cuda"
+    )
     features, _ = digits_data()
     on_cpu, on_cuda = cpu.predict(features), cuda.predict(features)
     np.testing.assert_allclose(on_cuda.probabilities, on_cpu.probabilities, atol=1e-4)
@@ -158,7 +163,7 @@ BAD_BODIES = [
     (b"\xff\xfe", 400, "not UTF-8"),
     (b"[" * 100_000, 400, "nested too deeply"),
     (b"[[1, 2]]", 422, 'the body is a list; expected {"instances"'),
-    (b'{"inputs": []}', 422, "unknown field(s) 'inputs'"),
+    (b'{"inputs": []}', 422, 'unknown field(s) "inputs"'),
     (b"{}", 422, 'the field "instances" is missing'),
     (b'{"instances": "0 1 2"}', 422, '"instances" is the string "0 1 2"; expected a list'),
 ]
