@@ -12,7 +12,11 @@ Serve replicas, `raylane predict` and the benchmarks all call this class, so one
 the same answer everywhere; features go through `workloads.checkpoint.prepare_features`, the
 very function training used, so serving preprocessing cannot drift from training. No Ray here.
 The input file holds `{"instances": [...]}` or a bare list of instances (see serve/schemas.py
-for what an instance may look like); the output is the same JSON the HTTP API answers.
+for what an instance may look like), or is a CSV (with a header) or Parquet file of rows whose
+columns are the model's feature names (a label column, if present, is ignored); the output is
+the same JSON the HTTP API answers.
+
+    raylane predict --model wine@production --input rows.csv      # or rows.parquet
 """
 
 from __future__ import annotations
@@ -163,8 +167,14 @@ class Predictor:
 # ---------------------------------------------------------------------- raylane predict
 
 
-def read_instances(source: str) -> list:
-    """Instances from a JSON file or '-' (stdin): {"instances": [...]} or a bare list."""
+ROW_FILES = (".csv", ".parquet", ".pq")
+
+
+def read_instances(source: str):
+    """Instances from a JSON file or '-' (stdin): {"instances": [...]} or a bare list; or, for
+    a CSV/Parquet file, a pyarrow Table of rows (turned into instances by `table_instances`)."""
+    if source.lower().endswith(ROW_FILES):
+        return read_rows(source)
     if source == "-":
         body = sys.stdin.buffer.read()
     else:
@@ -175,13 +185,48 @@ def read_instances(source: str) -> list:
     return extract_instances(parse_json_body(body), allow_bare_list=True)
 
 
+def read_rows(source: str):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        if source.lower().endswith(".csv"):
+            return pacsv.read_csv(source)
+        return pq.read_table(source)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise DataError(f"cannot read --input {source}: {error}") from None
+
+
+def table_instances(table, schema: InputSchema) -> list:
+    """Rows of a CSV/Parquet table -> instances: records for named features, else the values of
+    the single feature column. The label column is dropped, so a labelled file works as is."""
+    spec = schema.spec
+    if spec.label_column in table.column_names and spec.label_column not in spec.feature_columns:
+        table = table.drop_columns([spec.label_column])
+    if spec.named_features:
+        return table.to_pylist()
+    column = spec.feature_columns[0]
+    if column not in table.column_names:
+        raise DataError(
+            f"the --input file has no column {column!r} (it has: "
+            f"{', '.join(table.column_names)}); the model reads its features from {column!r}"
+        )
+    return table.column(column).to_pylist()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="raylane predict",
         description="Predict with a registered model in this process (no Ray, no server).",
     )
     parser.add_argument("--model", required=True, help="NAME@ALIAS, NAME:VERSION or NAME")
-    parser.add_argument("--input", required=True, help="JSON file of instances, or - for stdin")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="JSON file of instances, - for stdin, or a CSV/Parquet file of rows (columns named "
+        "as the model's features)",
+    )
     add_common_args(parser, overrides=None, address=False)
     parser.add_argument(
         "--allow-custom-module",
@@ -201,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     predictor = Predictor.from_registry(
         open_registry(storage), ref, device=args.device, allow_modules=args.allow_custom_module
     )
+    if not isinstance(instances, list):
+        instances = table_instances(instances, predictor.schema)
     result = predictor.predict_instances(instances, max_instances=CLI_MAX_INSTANCES)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

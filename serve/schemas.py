@@ -13,6 +13,9 @@ What an instance may look like, for a model whose per-instance shape is S (the i
   and within float32 range; booleans, strings and null are refused. Instances may mix forms.
 - token ids (`kind: tokens`, S = [L]): a list of 1..L integers in [0, vocab_size); shorter
   lists are padded with 0 (the padding id the Transformer masks out) at the end.
+- named features (a model trained on several named scalar Parquet columns): also a record, an
+  object with exactly the feature names as keys in any order, e.g. {"alcohol": 13.2, ...}.
+  Records and lists may be mixed; a missing or unknown key is named in the 422.
 Raw values are sent: the checkpoint's normalization is applied by the Predictor, exactly as in
 training.
 """
@@ -47,7 +50,8 @@ class RequestError(DataError):
 class PredictRequest(BaseModel):
     instances: list[Any] = Field(
         description="Instances to classify: each a flat list of numbers, nested lists of the "
-        "model's input shape, or (token models) a list of token ids. See GET /v1/models/NAME.",
+        "model's input shape, a record {feature name: number} (models trained on named "
+        "columns), or (token models) a list of token ids. See GET /v1/models/NAME.",
         examples=[[[0.0] * 64]],
     )
 
@@ -161,12 +165,17 @@ class InputSchema:
                 f"[0, {self.vocab_size}) (shorter lists are padded with 0)"
             )
         nested = " or ".join(_shape_text(shape) for shape in self.accepted_shapes()[:-1])
+        if self.spec.named_features:
+            return (
+                f"expected a list of {self.size} numbers or a record with the keys "
+                f"{_quote_keys(self.spec.named_features)} in any order"
+            )
         if not nested:  # a flat schema such as [30]: the flat list is the only form
             return f"expected a list of {self.size} numbers"
         return f"expected a flat list of {self.size} numbers or nested lists of shape {nested}"
 
     def describe(self) -> dict:
-        return {
+        described = {
             "kind": self.spec.kind,
             "shape": list(self.shape),
             "dtype": self.dtype,
@@ -174,6 +183,13 @@ class InputSchema:
             "vocab_size": self.vocab_size,
             "accepts": self.expected().removeprefix("expected "),
         }
+        if self.spec.named_features:
+            types = self.spec.feature_types or (self.dtype,) * self.size
+            described["features"] = [
+                {"name": name, "type": type_}
+                for name, type_ in zip(self.spec.named_features, types, strict=True)
+            ]
+        return described
 
     def parse(self, instances: list, *, max_instances: int) -> np.ndarray:
         """Validated instances -> raw rows (n, prod(shape)) in the schema's dtype."""
@@ -187,6 +203,8 @@ class InputSchema:
             )
         if self.tokens:
             return np.stack([self._token_row(inst, i) for i, inst in enumerate(instances)])
+        if self.spec.named_features and any(isinstance(inst, dict) for inst in instances):
+            instances = [self._record_row(inst, i) for i, inst in enumerate(instances)]
         rows = self._float_rows_fast(instances)
         if rows is None:  # irregular or invalid somewhere: check one by one, name the culprit
             rows = np.stack([self._float_row(inst, i) for i, inst in enumerate(instances)])
@@ -225,6 +243,23 @@ class InputSchema:
                 422, f"{where} has shape {_shape_text(grid.shape)}; {self.expected()}"
             )
         return _to_float(grid, where=where).reshape(self.size)
+
+    def _record_row(self, instance: Any, index: int) -> Any:
+        """A record {name: number} -> the list of its values in the features' order."""
+        if not isinstance(instance, dict):
+            return instance  # a list: validated with the other float instances
+        names, where = self.spec.named_features, f"instances[{index}]"
+        missing = [name for name in names if name not in instance]
+        unknown = [key for key in instance if key not in set(names)]
+        if missing or unknown:
+            problems = [f"lacks {_quote_keys(missing)}"] if missing else []
+            problems += [f"has unknown key(s) {_quote_keys(unknown)}"] if unknown else []
+            raise RequestError(422, f"{where} {' and '.join(problems)}; {self.expected()}")
+        for name in names:
+            if type(instance[name]) not in (int, float):
+                what = _json_type(instance[name])
+                raise RequestError(422, f"{where}[{quote(name)}] is {what}; expected a number")
+        return [instance[name] for name in names]
 
     def _check_finite(self, rows: np.ndarray) -> np.ndarray:
         finite = np.isfinite(rows) & (np.abs(rows) <= FLOAT32_MAX)
@@ -297,6 +332,13 @@ def check_content_type(header: str | None) -> None:
     raise RequestError(
         415, f"Content-Type {quote(media)} is not JSON; send Content-Type: application/json"
     )
+
+
+def _quote_keys(keys, shown: int = 8) -> str:
+    """Keys named in an error: quoted and clipped, at most `shown` of them."""
+    keys = list(keys)
+    text = ", ".join(quote(str(key)) for key in keys[:shown])
+    return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:

@@ -59,7 +59,9 @@ class InputSpec:
 
     `shape`/`dtype` are the model input per example; `feature_columns` name the Parquet
     columns (several scalar columns: one feature each, in this order; one column: a list per
-    row); `normalization` is the train split's mean/std, applied in `prepare_features`.
+    row); `feature_types` their Parquet types (named scalar columns only), shown to clients
+    who send records; `normalization` is the train split's mean/std, applied in
+    `prepare_features`.
     """
 
     kind: str  # "image" | "tabular" | "tokens"
@@ -71,6 +73,7 @@ class InputSpec:
     label_encoding: str = "index"  # "index": labels are 0..K-1; "names": str(label) in classes
     vocab_size: int | None = None
     normalization: dict | None = field(default=None, compare=False)
+    feature_types: tuple[str, ...] | None = None
 
     @classmethod
     def from_dict(cls, section: Any) -> InputSpec:
@@ -86,6 +89,7 @@ class InputSpec:
                 label_encoding=str(section.get("label_encoding", "index")),
                 vocab_size=section.get("vocab_size"),
                 normalization=section.get("normalization"),
+                feature_types=_strings(section.get("feature_types")),
             )
         except (AttributeError, TypeError, KeyError, ValueError) as error:
             raise DataError(
@@ -105,8 +109,18 @@ class InputSpec:
         return self.kind == "tokens" or np.dtype(self.dtype).kind in "iu"
 
     @property
+    def named_features(self) -> tuple[str, ...] | None:
+        """The feature names, in order, when each feature is a named scalar column."""
+        named = len(self.feature_columns) == self.size and not self.tokens
+        return self.feature_columns if named else None
+
+    @property
     def size(self) -> int:
         return math.prod(self.shape)
+
+
+def _strings(values: Any) -> tuple[str, ...] | None:
+    return None if values is None else tuple(str(value) for value in values)
 
 
 def stack_features(batch: dict[str, np.ndarray], columns: tuple[str, ...] | list[str]):

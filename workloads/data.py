@@ -52,6 +52,7 @@ class DatasetInfo:
     normalization: dict | None = field(default=None)
     # "index": labels are already 0..K-1; "names": str(label) is looked up in class_names.
     label_encoding: str = "index"
+    feature_types: list[str] | None = None  # Parquet types of named scalar feature columns
 
     @property
     def num_classes(self) -> int:
@@ -69,6 +70,7 @@ class DatasetInfo:
             label_encoding=self.label_encoding,
             vocab_size=self.vocab_size,
             normalization=self.normalization,
+            feature_types=tuple(self.feature_types) if self.feature_types else None,
         )
 
 
@@ -171,6 +173,7 @@ def inspect_parquet(config: DataConfig) -> DatasetInfo:
         fingerprint=digest.hexdigest()[:16],
         rows=dataset.count_rows(),
         label_encoding=encoding,
+        feature_types=[str(schema.field(c).type) for c in config.feature_columns],
     )
 
 
