@@ -4,6 +4,7 @@
     raylane models show digits@production
     raylane models promote digits:3 --alias production    # or digits@staging --alias production
     raylane models rollback digits --alias production
+    raylane models register wine s3://raylane/runs/wine/checkpoint-epoch-0007 --promote staging
 
 `--storage` may come before or after the subcommand. The registry itself (cluster/registry.py)
 knows nothing of the command line; this module only parses, calls it and prints.
@@ -20,6 +21,7 @@ from cluster.registry import REF_FORMS, ModelRef, Registry, check_name, ranges
 from cluster.storage import Storage
 from cluster.text import format_table, short
 from workloads.checkpoint import open_registry
+from workloads.registration import register_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--storage", metavar="URI", default=argparse.SUPPRESS, help=STORAGE_HELP)
     parser = argparse.ArgumentParser(
         prog="raylane models",
-        description="List, show, promote and roll back registered models.",
+        description="List, show, register, promote and roll back registered models.",
         parents=[common],
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -46,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rollback.add_argument("name", metavar="NAME", help="model name, e.g. digits")
     rollback.add_argument("--alias", required=True, help="alias to move back")
+    register = commands.add_parser(
+        "register", parents=[common], help="register a checkpoint directory as a new version"
+    )
+    register.add_argument("name", metavar="NAME", help="model name, e.g. wine")
+    register.add_argument(
+        "checkpoint", metavar="CHECKPOINT_URI", help="checkpoint directory: s3://... or a path"
+    )
+    register.add_argument("--promote", metavar="ALIAS", help="then point ALIAS at the version")
     return parser
 
 
@@ -54,7 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage = Storage.from_uri(getattr(args, "storage", None))
     storage.check()  # a wrong endpoint, credentials or bucket fails here, within seconds
     registry = open_registry(storage)
-    handler = {"list": _list, "show": _show, "promote": _promote, "rollback": _rollback}
+    handler = {
+        "list": _list,
+        "show": _show,
+        "promote": _promote,
+        "rollback": _rollback,
+        "register": _register,
+    }
     return handler[args.command](registry, args)
 
 
@@ -116,6 +132,17 @@ def _rollback(registry: Registry, args) -> int:
     before = registry.resolve(ModelRef(args.name, alias=args.alias))[1]
     record = registry.rollback(args.name, args.alias)
     print(f"{args.name}@{args.alias} -> version {record['version']} (was {before})")
+    return 0
+
+
+def _register(registry: Registry, args) -> int:
+    check_name(args.name)  # before any download
+    source = Storage.from_uri(args.checkpoint)
+    record = register_checkpoint(
+        registry, args.name, source, "", lineage={"registered_from": source.uri}, alias=args.promote
+    )
+    shown = f" (now {args.name}@{args.promote})" if args.promote else ""
+    print(f"registered: {args.name}:{record['version']} from {source.uri}{shown}")
     return 0
 
 

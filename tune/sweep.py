@@ -29,8 +29,9 @@ from cluster.storage import Storage
 from tune.config import SweepConfig, load_sweep_config, sweep_presets
 from tune.report import plot_trials, summary_rows, write_summary
 from tune.space import base_training_config, trial_config, tune_space
-from workloads.checkpoint import meta_key, open_registry
+from workloads.checkpoint import open_registry
 from workloads.config import JobConfig
+from workloads.registration import register_checkpoint
 from workloads.train import prepare_data
 
 TRIAL_DRIVER_CPUS = 0.01  # the trial function only waits on its Train controller
@@ -222,23 +223,11 @@ def run_sweep(
 
 
 def register_best(storage: Storage, sweep: SweepConfig, best: dict, name: str, alias: str | None):
+    source = {"sweep": sweep.name, "trial": best["trial"], "params": best["params"]}
     registry = open_registry(storage)
-    meta = storage.read_json(meta_key(best["checkpoint_key"]))
-    lineage = {
-        "sweep": sweep.name,
-        "trial": best["trial"],
-        "epoch": best["epoch"],
-        "checkpoint": storage.uri_for(best["checkpoint_key"]),
-        "config": meta["config"],
-        "params": best["params"],
-        "metrics": meta["metrics"],
-        "data_fingerprint": meta.get("data_fingerprint"),
-        "data_uri": meta.get("data_uri"),
-    }
-    version = registry.register_from(name, storage, best["checkpoint_key"], lineage=lineage)
-    if alias:
-        registry.promote(name, alias, version)
-    return {"name": name, "version": version, "alias": alias}
+    return register_checkpoint(
+        registry, name, storage, best["checkpoint_key"], lineage=source, alias=alias
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,7 @@
 
     python -m workloads.train --config digits-cnn --storage s3://raylane --num-workers 2
     raylane train --config tabular-mlp --set train.epochs=20 --set model.dropout=0.2
+    raylane train --config tabular-mlp --register tabular --promote production
     ray job submit --working-dir . -- python -m workloads.train --config digits-cnn
 
 Checkpoints go to `<storage>/runs/<name>/checkpoint-epoch-NNNN/` and a summary to
@@ -21,6 +22,7 @@ from typing import Any
 
 from cluster.config import add_common_args
 from cluster.errors import ConfigError, RaylaneError, first_line, run_cli
+from cluster.registry import check_name
 from cluster.storage import Storage
 from workloads import data
 from workloads.config import JobConfig, load_job_config, presets
@@ -238,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, help="training workers (train.num_workers)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
+    parser.add_argument(
+        "--register", metavar="NAME", help="register the best checkpoint as a version of NAME"
+    )
+    parser.add_argument(
+        "--promote", metavar="ALIAS", help="then point ALIAS (e.g. production) at that version"
+    )
     return parser
 
 
@@ -254,14 +262,41 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.promote and not args.register:
+        raise ConfigError("--promote needs --register NAME")
     config = config_from_args(args)
     if args.print_config:
         print(json.dumps(config.model_dump(), indent=2))
         return 0
     if config.train.use_gpu:
         _require_gpus(config, args.address)
-    run_training(config, Storage.from_uri(args.storage), address=args.address)
+    storage = Storage.from_uri(args.storage)
+    if args.register:
+        check_name(args.register)  # a bad name fails before training, not after
+    summary = run_training(config, storage, address=args.address)
+    if args.register:
+        register_run(storage, summary, args.register, args.promote)
     return 0
+
+
+def register_run(storage: Storage, summary: TrainingSummary, name: str, alias: str | None) -> dict:
+    """Register a finished run's best checkpoint as a new version of `name`."""
+    from workloads.checkpoint import open_registry
+    from workloads.registration import register_checkpoint
+
+    if not summary.best_checkpoint_key:
+        raise RaylaneError(f"run {summary.run_name!r} kept no checkpoint to register")
+    record = register_checkpoint(
+        open_registry(storage),
+        name,
+        storage,
+        summary.best_checkpoint_key,
+        lineage={"run": summary.run_name},
+        alias=alias,
+    )
+    shown = f" (now {name}@{alias})" if alias else ""
+    print(f"registered: {name}:{record['version']} from epoch {record['epoch']}{shown}")
+    return record
 
 
 def _require_gpus(config: JobConfig, address: str | None) -> None:
