@@ -23,6 +23,7 @@ def summary_rows(results, sweep, storage: Storage) -> list[dict]:
             "params": {k: _short(v) for k, v in (result.config or {}).items()},
             "epochs": 0,
             "metric": None,
+            "val_loss": None,
             "epoch": None,
             "checkpoint_key": None,
             "status": "errored" if result.error is not None else "completed",
@@ -31,27 +32,45 @@ def summary_rows(results, sweep, storage: Storage) -> list[dict]:
             row["epochs"] = int(frame["epoch"].max())
             best = _best_checkpointed(frame, sweep, storage)
             if best is not None:
-                row["metric"], row["epoch"], row["checkpoint_key"] = best
+                row["metric"], row["val_loss"], row["epoch"], row["checkpoint_key"] = best
         rows.append(row)
         max_epochs = max(max_epochs or 0, row["epochs"])
     for row in rows:
         if row["status"] == "completed" and row["epochs"] < (max_epochs or 0):
             row["status"] = "stopped early"
-    sign = -1 if sweep.mode == "max" else 1
-    rows.sort(key=lambda r: (r["metric"] is None, sign * (r["metric"] or 0)))
+    rows.sort(key=lambda r: (r["metric"] is None, *rank_key(r, sweep.mode)))
     return rows
 
 
+def rank_key(row, mode: str) -> tuple[float, float, float]:
+    """Sort key, best first: the metric, then the lower validation loss, then the later epoch.
+
+    A metric saturates on easy data (every epoch at accuracy 1.0); without the tie-breaks the
+    first epoch to reach it would win, which is rarely the best-fitted model."""
+    sign = -1 if mode == "max" else 1
+    metric, loss = _number(row["metric"]), _number(row.get("val_loss"), default=math.inf)
+    return sign * metric, loss, -_number(row["epoch"])
+
+
+def _number(value, default: float = 0.0) -> float:
+    return default if value is None or not math.isfinite(float(value)) else float(value)
+
+
 def _best_checkpointed(frame, sweep, storage: Storage):
-    """(metric, epoch, storage key) of the best epoch whose checkpoint is still in storage."""
+    """(metric, val_loss, epoch, storage key) of the best epoch (by `rank_key`) whose
+    checkpoint is still in storage."""
     if "checkpoint_path" not in frame:
         return None
-    candidates = frame[frame["checkpoint_path"].notna()]
-    candidates = candidates.sort_values(sweep.metric, ascending=sweep.mode == "min")
-    for _, row in candidates.iterrows():
-        key = storage.key_from_arrow_path(row["checkpoint_path"])
+    candidates = []
+    for _, row in frame[frame["checkpoint_path"].notna()].iterrows():
+        loss = row.get("val_loss")
+        entry = {"metric": row[sweep.metric], "val_loss": loss, "epoch": int(row["epoch"])}
+        candidates.append((rank_key(entry, sweep.mode), entry, row["checkpoint_path"]))
+    for _, entry, path in sorted(candidates, key=lambda c: c[0]):
+        key = storage.key_from_arrow_path(path)
         if storage.exists(meta_key(key)):  # top-k retention may have removed others
-            return float(row[sweep.metric]), int(row["epoch"]), key
+            loss = None if entry["val_loss"] is None else float(entry["val_loss"])
+            return float(entry["metric"]), loss, entry["epoch"], key
     return None
 
 
@@ -73,7 +92,8 @@ def format_table(result, sweep) -> str:
     text.append(
         f"\n{len(result.rows)} trials, {trained} epochs trained "
         f"(of {len(result.rows) * max((r['epochs'] for r in result.rows), default=0)} without "
-        f"early stopping); best {sweep.metric} {result.best['metric']:.4f} ({result.best['trial']})"
+        f"early stopping); best {sweep.metric} {result.best['metric']:.4f} "
+        f"({result.best['trial']}, epoch {result.best['epoch']})"
     )
     for error in result.errors:
         text.append(f"failed: {error}")
@@ -82,8 +102,8 @@ def format_table(result, sweep) -> str:
     if result.registered:
         reg = result.registered
         text.append(
-            f"registered: {reg['name']}:{reg['version']}"
-            + (f" (now {reg['name']}@{reg['alias']})" if reg["alias"] else "")
+            f"registered: {reg['name']}:{reg['version']} = {result.best['trial']} epoch "
+            f"{reg.get('epoch')}" + (f" (now {reg['name']}@{reg['alias']})" if reg["alias"] else "")
         )
     return "\n".join(text)
 

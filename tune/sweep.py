@@ -144,6 +144,8 @@ def build_tuner(sweep: SweepConfig, storage: Storage, *, resume: bool):
     )
     scheduler = (
         ASHAScheduler(
+            metric=sweep.metric,
+            mode=sweep.mode,
             time_attr="training_iteration",
             max_t=epochs,
             grace_period=min(sweep.scheduler.grace_period, epochs),
@@ -155,9 +157,10 @@ def build_tuner(sweep: SweepConfig, storage: Storage, *, resume: bool):
     return ray_tune.Tuner(
         trainable,
         param_space=tune_space(sweep.space),
+        # The metric goes to the scheduler and the search only: Tune's live table would otherwise
+        # name a "current best trial" by its last epoch with ties to the first trial, which can
+        # disagree with the checkpoint this sweep registers (tune/report.py: rank_key).
         tune_config=ray_tune.TuneConfig(
-            metric=sweep.metric,
-            mode=sweep.mode,
             num_samples=sweep.num_samples,
             scheduler=scheduler,
             search_alg=search_algorithm(sweep, max_concurrent),
@@ -184,7 +187,7 @@ def search_algorithm(sweep: SweepConfig, max_concurrent: int):
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:
         raise ConfigError("search 'optuna' needs `pip install raylane[optuna]`") from None
-    return OptunaSearch(seed=sweep.seed)
+    return OptunaSearch(metric=sweep.metric, mode=sweep.mode, seed=sweep.seed)
 
 
 def run_sweep(

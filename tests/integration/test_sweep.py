@@ -87,3 +87,46 @@ def test_unknown_space_key_fails_before_any_trial(local_storage):
     )
     with pytest.raises(ConfigError, match="space key 'train.lrr' is not a training config field"):
         run_sweep(sweep, local_storage)
+
+
+def test_a_saturated_metric_registers_the_checkpoint_the_summary_names(
+    ray_session, local_storage, tmp_path
+):
+    """Every epoch of every trial reaches accuracy 1.0: the tie goes to the lowest validation
+    loss, then the later epoch, and the summary, the version and its lineage agree on both."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(3, 5, size=300) * rng.choice([-1, 1], size=300)  # a wide margin at 0
+    path = tmp_path / "easy.parquet"
+    pq.write_table(
+        pa.table({"x": x, "y": rng.normal(size=300), "label": (x > 0).astype(int)}), path
+    )
+    overrides = [
+        "train.num_workers=1",
+        "train.lr=0.01",
+        "train.epochs=4",
+        "data.dataset=parquet",
+        f"data.path={path}",
+        "data.feature_columns=[x, y]",
+    ]
+    config = tmp_path / "easy-sweep.yaml"
+    config.write_text(json.dumps({"name": "easy", "train_config": "debug", "num_samples": 2,
+        "overrides": overrides, "space": {"train.lr": {"type": "choice", "values": [0.01, 0.02]}},
+        "scheduler": {"asha": False, "max_epochs": 4}}))  # fmt: skip
+    sweep = load_sweep_config(str(config))
+    result = run_sweep(sweep, local_storage, register="easy", plot_dir=tmp_path)
+
+    assert {row["metric"] for row in result.rows} == {1.0}
+    losses = {
+        (row["trial"], row["epoch"]): row["val_loss"] for row in result.rows if row["val_loss"]
+    }
+    assert result.best["val_loss"] == min(losses.values())
+    registry = open_registry(local_storage)
+    lineage = registry.describe("easy", result.registered["version"])["lineage"]
+    assert (lineage["trial"], lineage["epoch"]) == (result.best["trial"], result.best["epoch"])
+    assert result.registered["epoch"] == result.best["epoch"]
+    stored = local_storage.read_json("sweeps/easy/summary.json")
+    assert stored["best"]["epoch"] == result.best["epoch"] == lineage["epoch"]

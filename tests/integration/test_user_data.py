@@ -61,3 +61,44 @@ def test_a_missing_file_is_reported(s3_storage):
     config = load_job_config("tabular-mlp", overrides(s3_storage.uri_for("nothing.parquet")))
     with pytest.raises(DataError, match="cannot read Parquet at s3://"):
         inspect_parquet(config.data)
+
+
+def test_named_columns_train_register_serve_and_answer_records(
+    ray_session, s3_storage, user_parquet
+):
+    """train --register, then Serve: records in any key order answer as ordered lists do."""
+    import httpx
+    from ray import serve as ray_serve
+
+    from cluster.s3server import free_port
+    from serve.app import APP_NAME, build_app
+    from workloads import train as train_cli
+
+    sets = [arg for o in overrides(user_parquet) for arg in ("--set", o)]
+    argv = ["--config", "tabular-mlp", *sets, "--set", "train.epochs=2", "--num-workers", "1"]
+    argv += ["--storage", s3_storage.uri, "--register", "cancer", "--promote", "production"]
+    assert train_cli.main(argv) == 0
+
+    port = free_port()
+    ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {"model": "cancer@production", "storage": s3_storage.uri, "num_cpus": 0.25}
+    ray_serve.run(build_app({**args, "api_key_env": None}), name=APP_NAME, route_prefix="/")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            info = http.get("/v1/models/cancer").json()
+            names = [feature["name"] for feature in info["input"]["features"]]
+            assert names == [f"f{i}" for i in range(30)] and info["version"] == 1
+            rows = load_breast_cancer().data[:3]
+            records = [
+                dict(reversed(list(zip(names, map(float, row), strict=True)))) for row in rows
+            ]
+            as_lists = http.post("/v1/models/cancer:predict", json={"instances": rows.tolist()})
+            as_records = http.post("/v1/models/cancer:predict", json={"instances": records})
+            assert as_lists.status_code == as_records.status_code == 200
+            assert as_records.json() == as_lists.json()
+            del records[1]["f7"]
+            refused = http.post("/v1/models/cancer:predict", json={"instances": records})
+            assert refused.status_code == 422
+            assert 'instances[1] lacks "f7"' in refused.json()["error"]
+    finally:
+        ray_serve.shutdown()
