@@ -141,3 +141,18 @@ def add_common_args(
         parser.add_argument(
             "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
         )
+        parser.add_argument(
+            "--working-dir",
+            metavar="DIR",
+            help="your project directory (custom model code): importable here and shipped to "
+            "every worker and replica (Ray runtime_env working_dir); default: the current "
+            "directory, importable here and by a local Ray only",
+        )
+        parser.add_argument(
+            "--py-modules",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="a package directory to ship to every worker and replica (runtime_env "
+            "py_modules); repeatable",
+        )

@@ -4,6 +4,11 @@
     connect()                      # $RAY_ADDRESS (set inside `ray job submit`) or a local Ray
     connect("ray://head:10001")    # a remote cluster
 
+Your own code (a custom model class) follows one rule, `use_code`: the working directory, the
+one you run from or `--working-dir DIR`, is importable by the driver (put on its sys.path),
+and with `--working-dir` / `--py-modules` it is shipped to every Train worker, Tune trial and
+Serve replica in the job's runtime_env (only code paths: never env vars or secrets).
+
 Token authentication is Ray's own: with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN in the
 environment, `ray.init` presents the token. S3 credentials never travel in a runtime_env: each
 node reads them from its own environment (a local Ray inherits this process's).
@@ -13,6 +18,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cluster.errors import ConfigError
 
 # Ray Train V2 answers each `ray.train.report` only at the controller's next poll of the
 # workers (2 s by default, docs/architecture.md, "Ray facts"). Epochs here take a second or less, so a 2 s poll
@@ -24,6 +34,42 @@ JOB_ENV_VARS = {
     # Ray Data's progress bars interleave badly with our per-epoch lines.
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
 }
+
+
+# The paths `ray job submit` leaves behind (cluster/configs/job-runtime-env.yaml): the same
+# list prunes a --working-dir upload here.
+JOB_RUNTIME_ENV = Path(__file__).parent / "configs" / "job-runtime-env.yaml"
+_code_env: dict = {}  # runtime_env entries that ship the user's code, set by use_code
+
+
+def use_code(working_dir: str | None = None, py_modules: Sequence[str] = ()) -> None:
+    """Make the user's code importable here, and (when named) on every worker and replica.
+
+    The driver gets `working_dir` (default: the current directory, which the `raylane`
+    console script does not put on sys.path) and each py_module's parent on its sys.path, so
+    `model.custom_class=my_pkg.nets:MyNet` validates where it is typed. A local Ray's workers
+    get the current directory from Ray itself; a cluster's get only what is shipped.
+    """
+    import yaml
+
+    root = _existing(working_dir or os.getcwd(), "--working-dir")
+    modules = [_existing(path, "--py-modules") for path in py_modules]
+    for path in [root, *(module.parent for module in modules)]:
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    _code_env.clear()
+    if working_dir:
+        excludes = yaml.safe_load(JOB_RUNTIME_ENV.read_text())["excludes"]
+        _code_env.update(working_dir=str(root), excludes=excludes)
+    if modules:
+        _code_env["py_modules"] = [str(module) for module in modules]
+
+
+def _existing(path: str, flag: str) -> Path:
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.is_dir():
+        raise ConfigError(f"{flag} {path}: no such directory (give your project or package dir)")
+    return resolved
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
@@ -38,12 +84,14 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
     kwargs: dict = {"log_to_driver": True, "logging_level": logging.WARNING}
     address = address or os.environ.get("RAY_ADDRESS")
     submitted_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # set by `ray job submit`
-    if address and not submitted_job:
-        # Connecting to a running cluster: its workers don't inherit our environment. A
-        # submitted job already runs in its own runtime_env (cluster/configs/job-runtime-env.yaml)
-        # and Ray refuses a second one from the driver.
-        kwargs["runtime_env"] = {"env_vars": dict(JOB_ENV_VARS)}
-    else:
+    if not submitted_job:
+        # A running cluster's workers don't inherit our environment; any Ray's workers get
+        # the code only if it ships. A submitted job already runs in its own runtime_env
+        # (cluster/configs/job-runtime-env.yaml, --working-dir) and Ray refuses a second one.
+        runtime_env = {"env_vars": dict(JOB_ENV_VARS)} if address else {}
+        runtime_env.update(_code_env)
+        kwargs["runtime_env"] = runtime_env or None
+    if not address or submitted_job:
         kwargs["num_cpus"] = num_cpus
         kwargs["include_dashboard"] = True
         kwargs["dashboard_host"] = "127.0.0.1"

@@ -21,6 +21,7 @@ import numpy as np
 
 from cluster.config import add_common_args
 from cluster.errors import RaylaneError, run_cli
+from cluster.runtime import use_code
 from cluster.storage import Storage
 from serve.app import deploy
 from serve.config import ServeArgs
@@ -202,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_code(args.working_dir, args.py_modules)
     report = run_pipeline(
         config=args.config,
         storage=Storage.from_uri(args.storage),

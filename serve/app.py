@@ -57,6 +57,7 @@ from starlette.exceptions import HTTPException
 from cluster.config import add_common_args
 from cluster.errors import ConfigError, run_cli
 from cluster.registry import ModelRef
+from cluster.runtime import connect, use_code
 from cluster.storage import Storage
 from serve.batching import Batcher
 from serve.config import ServeArgs, check_batch_fits, parse_dynamic
@@ -476,6 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = vars(parser.parse_args(argv))
 
     host, port, address = options.pop("host"), options.pop("port"), options.pop("address")
+    use_code(options.pop("working_dir"), options.pop("py_modules"))
     autoscaling = {
         "min_replicas": options.pop("min_replicas"),
         "max_replicas": options.pop("max_replicas"),
@@ -494,8 +496,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     Predictor.load_version(registry, name, version, allow_modules=args.custom_model_modules)
     warn_if_open(args.api_key_env)
     args = args.model_copy(update={"storage": storage.uri})
-
-    from cluster.runtime import connect
 
     connect(address)
     url = deploy(args, host=host, port=port)

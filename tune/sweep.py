@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from cluster.config import add_common_args, validate
 from cluster.errors import ConfigError, RaylaneError, first_line, run_cli
+from cluster.runtime import use_code
 from cluster.storage import Storage
 from tune.config import SweepConfig, load_sweep_config, sweep_presets
 from tune.report import plot_trials, summary_rows, write_summary
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_code(args.working_dir, args.py_modules)
     if args.promote and not args.register:
         raise ConfigError("--promote needs --register NAME")
     sweep = load_sweep_config(args.config, args.set)

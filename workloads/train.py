@@ -23,6 +23,7 @@ from typing import Any
 from cluster.config import add_common_args
 from cluster.errors import ConfigError, RaylaneError, first_line, run_cli
 from cluster.registry import check_name
+from cluster.runtime import use_code
 from cluster.storage import Storage
 from workloads import data
 from workloads.config import JobConfig, load_job_config, presets
@@ -262,6 +263,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_code(args.working_dir, args.py_modules)  # before the config names a custom class
     if args.promote and not args.register:
         raise ConfigError("--promote needs --register NAME")
     config = config_from_args(args)

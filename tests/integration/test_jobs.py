@@ -5,6 +5,7 @@ Its own module: each test runs its own Ray, so no other Ray of this test process
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.s3server import free_port
 from workloads.checkpoint import open_registry
 from workloads.config import load_job_config
 
@@ -96,3 +98,75 @@ def test_training_workers_spread_over_nodes_share_only_storage(s3_server, s3_sto
     assert set(attempt["nodes"]) <= node_ids
     assert summary.best_checkpoint_uri.startswith("s3://")
     assert s3_storage.exists(f"{summary.best_checkpoint_key}/model.safetensors")
+
+
+MY_NET = """
+import math
+
+import torch
+
+
+class MyNet(torch.nn.Module):
+    def __init__(self, input_shape, num_classes, hidden=16):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(math.prod(input_shape), hidden),
+            torch.nn.ReLU(),
+            torch.nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+"""
+CUSTOM = ["model.family=custom", "model.custom_class=my_pkg.nets:MyNet"]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A user's project with its own model package; the operator allows it to be served."""
+    (tmp_path / "project" / "my_pkg").mkdir(parents=True)
+    (tmp_path / "project" / "my_pkg" / "__init__.py").write_text("")
+    (tmp_path / "project" / "my_pkg" / "nets.py").write_text(MY_NET)
+    monkeypatch.setenv("RAYLANE_CUSTOM_MODEL_MODULES", "my_pkg")  # before the head starts
+    return tmp_path / "project"
+
+
+def test_a_custom_model_ships_with_working_dir_to_train_sweep_and_serve(
+    project, ray_head, s3_storage, tmp_path
+):
+    env, address = ray_head
+    submitted = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    job = ["--", "raylane", "train", "--config", "debug", "--set", CUSTOM[0], "--set", CUSTOM[1]]
+    job += ["--num-workers", "1", "--storage", s3_storage.uri, "--register", "mine"]
+    submit = subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--working-dir", str(project), *job],
+        env=submitted,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    meta = open_registry(s3_storage).describe("mine", 1)["meta"]
+    assert meta["model"]["class"] == "my_pkg.nets:MyNet"
+
+    # From another directory: only --working-dir brings my_pkg to the driver, the trials'
+    # workers and the Serve replicas of the cluster.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    overrides = f"overrides=[train.num_workers=1, {', '.join(CUSTOM)}]"
+    pipeline = [str(Path(sys.executable).parent / "raylane"), "pipeline", "--config"]
+    pipeline += ["debug-sweep", "--set", "num_samples=1", "--set", overrides, "--requests", "5"]
+    pipeline += ["--storage", s3_storage.uri, "--model-name", "mine", "--port", str(free_port())]
+    ran = subprocess.run(
+        [*pipeline, "--working-dir", str(project)],
+        env=env,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert json.loads(ran.stdout.strip().splitlines()[-1])["version"] == 2
+    report = s3_storage.read_json("pipelines/debug-sweep/report.json")
+    assert report["requests"]["count"] == 5 and report["version"] == 2
