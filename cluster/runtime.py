@@ -33,6 +33,12 @@ JOB_ENV_VARS = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_INTERVAL_S,
     # Ray Data's progress bars interleave badly with our per-epoch lines.
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    # Train V2 re-routes print() in workers through a logger and also tees it to the
+    # redirected stdout: every epoch line appeared twice (ray/train/v2/_internal/logging).
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # Train V2's worker logging sends INFO to the console, among it "Reporting training
+    # result ...: TrainingReport(...)" per rank and epoch; without it workers log at WARNING.
+    "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
 }
 
 
@@ -104,6 +110,16 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
         # a cluster: its nodes must reach each other (docs/architecture.md, "Ray facts").
         loopback_only()
     ray.init(address=address, **kwargs)
+    if not address:  # a Ray of our own: say where its logs are, the console shows only ours
+        print(f"Ray's logs: {ray_log_dir()}", flush=True)
+
+
+def ray_log_dir() -> str | None:
+    """The log directory of the Ray session this process started or joined."""
+    import ray
+
+    node = ray._private.worker._global_node  # no public API names the session directory
+    return None if node is None else os.path.join(node.get_session_dir_path(), "logs")
 
 
 def loopback_only() -> None:
@@ -126,6 +142,11 @@ def configure_process() -> None:
     import ray.data
 
     ray.data.DataContext.get_current().use_datasource_v2 = False
+    # Ray Data logs every dataset's plan and progress at INFO on the console; they stay in
+    # its log files (logs/ray-data under the directory connect() prints).
+    for handler in logging.getLogger("ray.data").handlers:
+        if "File" not in type(handler).__name__:  # the console (PlainRayHandler), not the file
+            handler.setLevel(logging.WARNING)
 
 
 def cluster_resources() -> dict[str, float]:

@@ -98,7 +98,7 @@ def run_pipeline(
 def start_serving(reference: str, storage: Storage, *, host: str, port: int) -> str:
     """Deploy the Serve app for `reference`; returns the predict URL."""
     args = ServeArgs(model=reference, storage=storage.uri, num_cpus=0.5, watch_interval_s=2.0)
-    return deploy(args, host=host, port=port)
+    return deploy(args, host=host, port=port, access_log=False)
 
 
 def stop_serving() -> None:

@@ -430,11 +430,19 @@ def deployment_options(args: ServeArgs) -> dict:
     return options
 
 
-def deploy(args: ServeArgs, *, host: str, port: int) -> str:
-    """Start Serve's HTTP proxy on host:port, run the app, return the model's predict URL."""
+def deploy(args: ServeArgs, *, host: str, port: int, access_log: bool = True) -> str:
+    """Start Serve's HTTP proxy on host:port, run the app, return the model's predict URL.
+
+    `access_log=False` keeps one line per request and Serve's INFO lines out of the logs (and,
+    through Ray's log streaming, out of the driver's console): the pipeline's own sample
+    requests would bury its report."""
     args = ServeArgs.parse(args)
-    ray_serve.start(http_options={"host": host, "port": port})
-    ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    log_settings = {
+        "enable_access_log": access_log,
+        "log_level": "INFO" if access_log else "WARNING",
+    }
+    ray_serve.start(http_options={"host": host, "port": port}, logging_config=log_settings)
+    ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/", logging_config=log_settings)
     shown = "127.0.0.1" if host == "0.0.0.0" else host  # a URL a client on this host can use
     return f"http://{shown}:{port}/v1/models/{ModelRef.parse(args.model).name}:predict"
 

@@ -173,6 +173,9 @@ def build_tuner(sweep: SweepConfig, storage: Storage, *, resume: bool):
             storage_path=f"{root}/sweeps",
             storage_filesystem=fs,
             failure_config=ray_tune.FailureConfig(max_failures=0),
+            # The live status table only: the per-trial config and result boxes repeat what
+            # the epoch lines and the summary below say.
+            verbose=1,
         ),
     )
 
