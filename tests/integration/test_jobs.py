@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -170,3 +171,21 @@ def test_a_custom_model_ships_with_working_dir_to_train_sweep_and_serve(
     assert json.loads(ran.stdout.strip().splitlines()[-1])["version"] == 2
     report = s3_storage.read_json("pipelines/debug-sweep/report.json")
     assert report["requests"]["count"] == 5 and report["version"] == 2
+
+
+def test_training_prints_one_line_per_epoch_and_where_rays_logs_are(tmp_path):
+    raylane = str(Path(sys.executable).parent / "raylane")
+    ran = subprocess.run(
+        [raylane, "train", "--config", "debug", "--set", "train.epochs=3"],
+        cwd=tmp_path,  # ./artifacts, the default storage, lands here
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = ran.stdout + ran.stderr
+    assert ran.returncode == 0, output[-3000:]
+    assert [output.count(f"[debug] epoch {epoch}/3 ") for epoch in (1, 2, 3)] == [1, 1, 1]
+    assert "Reporting training result" not in output and "TrainingReport(" not in output
+    log_dir = Path(re.search(r"Ray's logs: (\S+)", output).group(1))
+    logged = "".join(path.read_text(errors="replace") for path in log_dir.glob("worker-*.out"))
+    assert "[debug] epoch 3/3 " in logged
