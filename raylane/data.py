@@ -1,7 +1,8 @@
 """`raylane data`: write an embedded dataset to storage as Parquet.
 
     raylane data prepare digits --storage s3://raylane
-    raylane data prepare synthetic-tabular --rows 500000    # then: --set data.rows=500000
+    raylane data prepare synthetic-tabular --rows 500000
+    # then: raylane train --config tabular-mlp --set data.dataset=synthetic-tabular --set data.rows=500000
     raylane data list                                        # the embedded datasets
 
 Datasets land in `<storage>/datasets/<name>/` (synthetic ones in `<name>-<rows>/`) as Parquet
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prep.add_argument("name", choices=list(DATASETS), help="which embedded dataset")
     prep.add_argument(
         "--rows", type=int, default=20_000, help="rows of synthetic-* datasets (20000); "
-        "train on them with --set data.rows=N"
+        "train on them with --set data.dataset=NAME --set data.rows=N"
     )  # fmt: skip
     prep.add_argument("--seed", type=int, default=0, help="generator seed (0)")
     prep.add_argument("--storage", metavar="URI", help=STORAGE_HELP)

@@ -42,6 +42,7 @@ import contextlib
 import hmac
 import logging
 import os
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -510,6 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = url.split("/v1/")[0]
     print(f"serving {name}:{version} ({args.model}) at {url}")
     print(f"docs at {base}/docs; Ctrl-C stops", flush=True)
+    # SIGTERM (kill, a process manager) stops like Ctrl-C: Ray's own exit on an unhandled
+    # SIGTERM ends in a C++ abort dump and leaves the app deployed.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(3600)
@@ -518,6 +522,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C must not leave a trace
             ray_serve.delete(APP_NAME)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -78,6 +78,14 @@ class DataConfig(Strict):
             raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {allowed}")
         if self.dataset == "parquet" and not self.path:
             raise ValueError("dataset 'parquet' needs data.path (a Parquet file or directory URI)")
+        sized = [name for name, dataset in DATASETS.items() if dataset.sized]
+        if self.rows != DataConfig.model_fields["rows"].default and self.dataset not in sized:
+            # `data prepare synthetic-tabular --rows N` then `--set data.rows=N` alone would
+            # silently train on the preset's dataset instead.
+            raise ValueError(
+                f"data.rows sizes only {' and '.join(sized)}, not {self.dataset!r}: add "
+                f"data.dataset={sized[0]}"
+            )
         return self
 
 

@@ -33,6 +33,7 @@ def test_overrides_are_typed_and_nested():
         ("model.family=custom", "needs custom_class"),
         ("name=has space", "name: use letters, digits"),
         ("train", "must look like key.sub=value"),
+        ("data.rows=500", "data.rows sizes only synthetic-tabular and synthetic-text"),
     ],
 )
 def test_bad_values_name_the_field_and_what_is_allowed(override, message):
