@@ -51,3 +51,5 @@ def test_raylane_serve_fails_fast_before_starting_ray(local_storage, tmp_path):
         main(["--model", "digits@staging", "--storage", local_storage.uri])
     with pytest.raises(ConfigError, match="max_ongoing_requests \\(64\\) must be >="):
         main(["--model", "digits:1", "--storage", local_storage.uri, "--max-batch-size", "100"])
+    with pytest.raises(ConfigError, match="max_replicas"):
+        main(["--model", "digits:1", "--storage", local_storage.uri, "--max-replicas", "0"])
