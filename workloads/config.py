@@ -26,12 +26,15 @@ EMBEDDED_DATASETS = tuple(DATASETS)
 class ModelConfig(Strict):
     """What network to build; the input and output sizes come from the dataset."""
 
-    family: Literal["mlp", "cnn", "transformer", "custom"] = "mlp"
+    family: Literal["mlp", "cnn", "transformer", "rnn", "custom"] = "mlp"
     hidden_sizes: list[int] = Field(default=[128, 64], description="MLP hidden layer widths")
     channels: list[int] = Field(default=[32, 64], description="CNN channels per conv block")
-    d_model: int = Field(default=64, gt=0, description="Transformer embedding width")
+    d_model: int = Field(default=64, gt=0, description="token embedding width (Transformer, RNN)")
     num_heads: int = Field(default=4, gt=0, description="Transformer attention heads")
-    num_layers: int = Field(default=2, gt=0, description="Transformer encoder layers")
+    num_layers: int = Field(default=2, gt=0, description="Transformer / RNN layers")
+    rnn_type: Literal["lstm", "gru"] = Field(default="lstm", description="RNN cell")
+    hidden_size: int = Field(default=64, gt=0, description="RNN hidden state per direction")
+    bidirectional: bool = Field(default=True, description="RNN reads both directions")
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="dropout probability")
     custom_class: str | None = Field(
         default=None, description="'package.module:Class' for family=custom"

@@ -1,11 +1,12 @@
-"""The networks raylane trains: MLP, CNN, Transformer, plus user models plugged in by name.
+"""The networks raylane trains: MLP, CNN, Transformer, RNN, plus user models plugged in by name.
 
     spec = model_spec(config.model, input_shape=[1, 8, 8], num_classes=10)
     model = build_model(spec, policy=CodePolicy.CONFIGURED)   # or the allow-list when loading
 
 Every model here is a plain `nn.Module` that knows nothing about Ray, devices or DDP; the
 worker applies those. Inputs: MLP takes float features of any shape (flattened), CNN takes
-float images (N, C, H, W), Transformer takes int64 token ids (N, L) with 0 as padding.
+float images (N, C, H, W), Transformer and RNN (LSTM/GRU) take int64 token ids (N, L) with 0 as
+padding.
 All return float logits (N, num_classes).
 
 A *model spec* is a JSON-able dict that rebuilds a model with no guesswork; it is stored in
@@ -154,7 +155,70 @@ class Transformer(nn.Module):
         return self.head(pooled)
 
 
-FAMILIES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "transformer": Transformer}
+class RNN(nn.Module):
+    """Token embeddings, a (bidirectional) LSTM or GRU over the real tokens only, the final
+    hidden state of each direction of the last layer, Linear head. Input (N, L) int64, 0 = pad.
+
+    Padding is removed, not masked after the fact: the non-zero tokens of each row are moved
+    to its front (in order) and packed with their true lengths, so the recurrence never steps
+    over a padding token wherever it sits, and the backward direction starts at the last real
+    token rather than at the end of the padding.
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        embedding_size: int,
+        hidden_size: int,
+        num_layers: int,
+        num_classes: int,
+        rnn_type: str = "lstm",
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if rnn_type not in ("lstm", "gru"):
+            raise ValueError(f"rnn_type must be 'lstm' or 'gru', got {rnn_type!r}")
+        self.token_embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=0)
+        recurrent = nn.LSTM if rnn_type == "lstm" else nn.GRU
+        self.rnn = recurrent(
+            embedding_size,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,  # torch applies it between layers only
+        )
+        directions = 2 if bidirectional else 1
+        self.head = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(directions * hidden_size, num_classes)
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        real = tokens != 0
+        # A stable sort of "is padding" moves each row's tokens to the front, order kept.
+        order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)
+        tokens = tokens.gather(1, order)
+        # An all-padding row gets length 1 (one zero embedding): packing refuses length 0.
+        lengths = real.sum(dim=1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.token_embedding(tokens), lengths, batch_first=True, enforce_sorted=False
+        )
+        _, state = self.rnn(packed)
+        final = state[0] if isinstance(state, tuple) else state  # LSTM: (h, c); GRU: h
+        directions = 2 if self.rnn.bidirectional else 1
+        # final is (layers * directions, N, H): the last layer's directions, side by side.
+        pooled = torch.cat(list(final[-directions:]), dim=1)
+        return self.head(pooled)
+
+
+FAMILIES: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "cnn": CNN,
+    "transformer": Transformer,
+    "rnn": RNN,
+}
 
 
 def model_spec(
@@ -180,14 +244,19 @@ def model_spec(
         channels, height, width = shape
         kwargs = {"in_channels": channels, "height": height, "width": width}
         kwargs |= {"channels": list(config.channels)}
-    elif config.family == "transformer":
+    elif config.family in ("transformer", "rnn"):
         if vocab_size is None or len(shape) != 1:
             raise ConfigError(
-                "model.family=transformer needs token sequences: input of shape [L] and a "
+                f"model.family={config.family} needs token sequences: input of shape [L] and a "
                 f"vocabulary size, dataset gives shape {shape} and vocab_size {vocab_size}"
             )
-        kwargs = {"vocab_size": int(vocab_size), "max_len": shape[0], "d_model": config.d_model}
-        kwargs |= {"num_heads": config.num_heads, "num_layers": config.num_layers}
+        kwargs = {"vocab_size": int(vocab_size), "num_layers": config.num_layers}
+        if config.family == "transformer":
+            kwargs |= {"max_len": shape[0], "d_model": config.d_model}
+            kwargs |= {"num_heads": config.num_heads}
+        else:
+            kwargs |= {"embedding_size": config.d_model, "hidden_size": config.hidden_size}
+            kwargs |= {"rnn_type": config.rnn_type, "bidirectional": config.bidirectional}
     else:
         reserved = {"input_shape", "num_classes"} & set(config.custom_kwargs)
         if reserved:

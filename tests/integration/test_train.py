@@ -101,9 +101,9 @@ def test_rerunning_the_same_name_resumes_and_a_finished_run_starts_no_workers(
 
 @pytest.mark.parametrize(
     "preset, floor",
-    [("tabular-mlp", 0.90), ("text-transformer", 0.80)],
+    [("tabular-mlp", 0.90), ("text-transformer", 0.80), ("text-lstm", 0.90)],
 )
-def test_mlp_and_transformer_beat_the_majority_class_by_far(
+def test_mlp_transformer_and_lstm_presets_beat_the_majority_class_by_far(
     ray_session, local_storage, preset, floor
 ):
     from workloads.checkpoint import InputSpec

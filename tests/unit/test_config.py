@@ -9,7 +9,7 @@ from workloads.config import load_job_config, presets
 
 
 def test_every_preset_loads():
-    assert {"digits-cnn", "tabular-mlp", "text-transformer", "debug"} <= set(presets())
+    assert {"digits-cnn", "tabular-mlp", "text-transformer", "text-lstm", "debug"} <= set(presets())
     for name in presets():
         assert load_job_config(name).name == name
 
@@ -31,6 +31,7 @@ def test_overrides_are_typed_and_nested():
         ("model.dropout=1.5", "model.dropout: Input should be less than 1"),
         ("data.dataset=mnist", "unknown dataset 'mnist'; allowed: digits, breast-cancer"),
         ("model.family=custom", "needs custom_class"),
+        ("model.rnn_type=rnn", "model.rnn_type: Input should be 'lstm' or 'gru'"),
         ("name=has space", "name: use letters, digits"),
         ("train", "must look like key.sub=value"),
         ("data.rows=500", "data.rows sizes only synthetic-tabular and synthetic-text"),

@@ -17,7 +17,15 @@ from sklearn.datasets import load_digits
 
 from cluster.errors import ConfigError, DataError
 from workloads.config import ModelConfig
-from workloads.models import CNN, MLP, Transformer, build_model, count_parameters, model_spec
+from workloads.models import (
+    CNN,
+    MLP,
+    RNN,
+    Transformer,
+    build_model,
+    count_parameters,
+    model_spec,
+)
 from workloads.step import classification_metrics, predict_logits, train_step
 from workloads.trust import CodePolicy
 
@@ -38,7 +46,13 @@ CASES = {
         {"input_shape": [12], "num_classes": 4, "vocab_size": 50},
         lambda: torch.randint(1, 50, (5, 12)),
     ),
+    "rnn": (
+        ModelConfig(family="rnn", rnn_type="lstm", d_model=8, hidden_size=12, num_layers=2),
+        {"input_shape": [12], "num_classes": 4, "vocab_size": 50},
+        lambda: torch.randint(1, 50, (5, 12)),
+    ),
 }
+CLASSES = {"mlp": MLP, "cnn": CNN, "transformer": Transformer, "rnn": RNN}
 
 
 @pytest.fixture
@@ -56,7 +70,7 @@ def test_spec_round_trip_rebuilds_the_same_model(family, tmp_path):
         build_model(spec, policy=CodePolicy.CONFIGURED),
         build_model(spec, policy=CodePolicy.CONFIGURED),
     )
-    assert type(first) is {"mlp": MLP, "cnn": CNN, "transformer": Transformer}[family]
+    assert type(first) is CLASSES[family]
     assert str(first) == str(second) and count_parameters(first) == count_parameters(second) > 0
 
     inputs = batch()
@@ -90,6 +104,28 @@ def test_transformer_ignores_padding():
     assert torch.isfinite(model(torch.zeros(2, 12, dtype=torch.long))).all()  # all-padding row
     with pytest.raises(ValueError, match="exceeds max_len 12"):
         model(torch.ones(1, 13, dtype=torch.long))
+
+
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_rnn_never_reads_padding(rnn_type, bidirectional):
+    torch.manual_seed(0)
+    config = ModelConfig(
+        family="rnn", rnn_type=rnn_type, bidirectional=bidirectional, d_model=8, hidden_size=12
+    )
+    spec = model_spec(config, input_shape=[12], num_classes=3, vocab_size=50)
+    assert spec["kwargs"]["rnn_type"] == rnn_type
+    model = build_model(spec, policy=CodePolicy.CONFIGURED).eval()
+    tokens = torch.randint(1, 50, (3, 8))
+    zeros = torch.zeros(3, 4, dtype=torch.long)
+    expected = model(tokens)
+    # Trailing padding, and padding between and before the tokens: packed away, same logits.
+    torch.testing.assert_close(model(torch.cat([tokens, zeros], 1)), expected)
+    scattered = torch.cat([zeros[:, :2], tokens[:, :3], zeros[:, 2:], tokens[:, 3:]], 1)
+    torch.testing.assert_close(model(scattered), expected)
+    assert torch.isfinite(model(torch.zeros(2, 12, dtype=torch.long))).all()  # all-padding row
+    # Tokens are read in order: the same tokens reversed give other logits.
+    assert not torch.allclose(model(tokens.flip(1)), expected)
 
 
 def test_custom_model_plugs_in(user_models):
@@ -137,10 +173,12 @@ def test_clear_errors(user_models):
         model_spec(ModelConfig(family="cnn"), input_shape=[64], num_classes=10)
     with pytest.raises(ConfigError, match="transformer needs token sequences"):
         model_spec(ModelConfig(family="transformer"), input_shape=[16], num_classes=2)
+    with pytest.raises(ConfigError, match="rnn needs token sequences"):
+        model_spec(ModelConfig(family="rnn"), input_shape=[16], num_classes=2)
     with pytest.raises(DataError, match="at least 2 classes"):
         model_spec(ModelConfig(), input_shape=[4], num_classes=1)
-    with pytest.raises(ConfigError, match="unknown model family 'rnn'"):
-        build_model({"family": "rnn", "kwargs": {}}, policy=CodePolicy.CONFIGURED)
+    with pytest.raises(ConfigError, match="unknown model family 'rnnx'"):
+        build_model({"family": "rnnx", "kwargs": {}}, policy=CodePolicy.CONFIGURED)
     with pytest.raises(ConfigError, match=r"cannot build model 'mlp'.*hidden_sizes"):
         build_model(
             {"family": "mlp", "kwargs": {"in_features": 4, "num_classes": 2}},
@@ -206,4 +244,16 @@ def test_transformer_learns_keyword_counts(one_thread):
         policy=CodePolicy.CONFIGURED,
     )
     _fit(model, _keyword_task(2000, seed=0), epochs=5, lr=2e-3)
+    assert _accuracy(model, *_keyword_task(500, seed=1), 4) >= 0.85
+
+
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru"])
+def test_rnn_learns_keyword_counts(one_thread, rnn_type):
+    torch.manual_seed(0)
+    config = ModelConfig(
+        family="rnn", rnn_type=rnn_type, d_model=16, hidden_size=32, num_layers=1, dropout=0.0
+    )
+    spec = model_spec(config, input_shape=[24], num_classes=4, vocab_size=30)
+    model = build_model(spec, policy=CodePolicy.CONFIGURED)
+    _fit(model, _keyword_task(2000, seed=0), epochs=5, lr=5e-3)
     assert _accuracy(model, *_keyword_task(500, seed=1), 4) >= 0.85
