@@ -119,7 +119,12 @@ class TrainConfig(Strict):
         description="keep a worker's data in memory after the first epoch when it is at most "
         "this many MB (later epochs then skip Ray Data); 0 streams every epoch",
     )
-    keep_checkpoints: int = Field(default=2, gt=0, description="best-k checkpoints kept")
+    keep_checkpoints: int = Field(
+        default=2,
+        gt=0,
+        description="checkpoints kept in storage: the best k by `metric`, plus the latest "
+        "(to resume from) when it is not among them",
+    )
     metric: Metric = "val_accuracy"
     max_failures: int = Field(default=2, ge=-1, description="worker-group restarts; -1: forever")
     seed: int = 0

@@ -137,6 +137,8 @@ def run_training(
             storage_path=f"{root}/{runs_prefix}",
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=config.train.max_failures),
+            # Train V2 deletes from storage all but the best num_to_keep, and never the latest
+            # (checkpoint_manager.py: _save_state_and_delete_old_checkpoints), so resuming works.
             checkpoint_config=CheckpointConfig(
                 num_to_keep=config.train.keep_checkpoints,
                 checkpoint_score_attribute=config.train.metric,

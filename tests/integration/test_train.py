@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+from ray.train import UserCallback
 
 from cluster.errors import StorageError
 from cluster.storage import Storage
@@ -97,6 +98,39 @@ def test_rerunning_the_same_name_resumes_and_a_finished_run_starts_no_workers(
     assert third == second
     epochs = [k for k in local_storage.list_dirs("runs/again") if k.startswith("checkpoint-")]
     assert epochs and max(epochs) == "checkpoint-epoch-0003"
+
+
+class MetricsLog(UserCallback):
+    """A Ray Train callback (it runs in the controller, on this machine) that appends rank 0's
+    metrics of every report to a local JSON-lines file: the run's full history, which storage
+    no longer holds once checkpoints are deleted."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def after_report(self, run_context, metrics, checkpoint):
+        with open(self.path, "a") as log:
+            log.write(json.dumps(metrics[0]) + "\n")
+
+
+def test_keep_checkpoints_leaves_the_best_k_and_the_latest_in_storage(
+    ray_session, local_storage, tmp_path
+):
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable there
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    config = load_job_config("debug", ["name=kept", "train.epochs=6", "train.keep_checkpoints=2"])
+    run_training(config, local_storage, callbacks=[log], verbose=False)
+
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in history] == [1, 2, 3, 4, 5, 6]
+    # Ray ranks equal scores by report order, the later one first.
+    ranked = sorted(history, key=lambda m: (m["val_accuracy"], m["epoch"]), reverse=True)
+    expected = {f"checkpoint-epoch-{m['epoch']:04d}" for m in ranked[:2]}
+    expected.add("checkpoint-epoch-0006")  # the latest, to resume from, even if not the best
+    stored = {k for k in local_storage.list_dirs("runs/kept") if k.startswith("checkpoint-")}
+    assert stored == expected and len(stored) in (2, 3)
 
 
 @pytest.mark.parametrize(
