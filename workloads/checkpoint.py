@@ -195,11 +195,15 @@ def save_checkpoint(
     model: torch.nn.Module,
     meta: dict[str, Any],
     train_state: dict[str, Any] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write weights, optional train state, then meta.json (last: it marks completion)."""
+    """Write weights, optional train state, then meta.json (last: it marks completion).
+
+    `weights` is a state dict gathered beforehand (a sharded model's); default: the model's."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    weights = unwrap(model).state_dict() if weights is None else weights
+    weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     save_file(weights, str(directory / WEIGHTS), metadata={"format": "pt"})
     if train_state is not None:
         torch.save(train_state, directory / TRAIN_STATE)

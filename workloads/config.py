@@ -102,6 +102,11 @@ class TrainConfig(Strict):
     scheduler: Literal["cosine", "constant", "onecycle"] = "cosine"
     warmup_epochs: int = Field(default=0, ge=0)
     num_workers: int = Field(default=2, gt=0, description="Ray Train workers (DDP ranks)")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="ddp: a full replica per worker; fsdp: parameters, gradients and optimizer "
+        "state sharded across workers (FSDP2), for models too large to replicate",
+    )
     use_gpu: bool = False
     cpus_per_worker: float = Field(
         default=0.5, gt=0.0, description="fractional CPUs let small machines run several workers"

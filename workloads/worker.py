@@ -27,6 +27,7 @@ import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from cluster.storage import Storage
+from workloads import sharding
 from workloads.checkpoint import (
     InputSpec,
     build_meta,
@@ -76,12 +77,13 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
     torch.set_num_threads(max(1, int(job.train.cpus_per_worker)))
 
     device = ray.train.torch.get_device()
+    autocast_dtype, scaler = mixed_precision(job.train, device)
     # The class was named by this job's own config, so CONFIGURED (workloads/trust.py).
-    model = ray.train.torch.prepare_model(build_model(loop.spec, policy=CodePolicy.CONFIGURED))
+    model = build_model(loop.spec, policy=CodePolicy.CONFIGURED)
+    model = wrap_model(model, job.train, device=device, dtype=autocast_dtype)
     optimizer = make_optimizer(model, job.train)
     scheduler = make_scheduler(optimizer, job.train)
-    autocast_dtype, scaler = mixed_precision(job.train.precision, device)
-    start_epoch = restore(model, optimizer, scheduler, scaler)
+    start_epoch = restore(model, optimizer, scheduler, scaler, job.train.strategy)
     nodes = gather(ray.get_runtime_context().get_node_id())
     if rank == 0:
         record_attempt(loop, start_epoch, nodes)
@@ -120,8 +122,11 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
 
         throughput = all_reduce_sum(samples, device) / max(train_seconds, 1e-9)
         metrics = {}
-        if rank == 0:  # only rank 0's metrics reach Ray Train, Tune and the checkpoint
+        # Only rank 0's metrics reach Ray Train, Tune and the checkpoint; a sharded forward
+        # pass is a collective, so under fsdp every rank evaluates alongside it.
+        if rank == 0 or job.train.strategy == "fsdp":
             metrics = evaluate(model, validation_data, autocast_dtype, device)
+        metrics = metrics if rank == 0 else {}
         metrics |= {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
@@ -261,25 +266,44 @@ def make_scheduler(optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.La
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def mixed_precision(precision: str, device: torch.device):
+def mixed_precision(train: TrainConfig, device: torch.device):
     """(autocast dtype or None, GradScaler or None). Mixed precision only on CUDA."""
+    precision = train.precision
     if device.type != "cuda" or precision == "fp32":
         return None, None
     if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16, None
+    if train.strategy == "fsdp":  # the gradient norms for unscaling span every rank's shard
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return torch.float16, ShardedGradScaler("cuda")
     return torch.float16, torch.amp.GradScaler("cuda")  # fp16 needs loss scaling
 
 
-def restore(model, optimizer, scheduler, scaler) -> int:
+def wrap_model(model: torch.nn.Module, train: TrainConfig, *, device, dtype) -> torch.nn.Module:
+    """The one place a model is made distributed: DDP (a replica per rank, Ray Train's
+    prepare_model) or FSDP2 (each rank holds a shard, workloads/sharding.py). `dtype`, the
+    mixed-precision dtype or None, is what FSDP computes in; DDP leaves that to autocast."""
+    if train.strategy == "fsdp":
+        return sharding.shard(model, device=device, param_dtype=dtype)
+    return ray.train.torch.prepare_model(model)
+
+
+def restore(model, optimizer, scheduler, scaler, strategy: str) -> int:
     """Load the latest checkpoint if Ray Train has one; returns the epochs already done."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as directory:
-        unwrap(model).load_state_dict(load_weights(directory))
+        weights = load_weights(directory)
         state = load_train_state(directory) or {}
-    if "optimizer" in state:
-        optimizer.load_state_dict(state["optimizer"])
+    if strategy == "fsdp":  # every rank reads the whole state and keeps its shard
+        sharding.load_full_state(model, optimizer, weights, state.get("optimizer"))
+    else:
+        unwrap(model).load_state_dict(weights)
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+    if "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
@@ -347,6 +371,11 @@ def report(metrics, loop: LoopConfig, model, optimizer, scheduler, scaler, rank:
     """Report metrics every epoch; rank 0 adds a checkpoint every `checkpoint_every` epochs."""
     job, epoch = loop.job, metrics["epoch"]
     due = epoch % job.train.checkpoint_every == 0 or epoch == job.train.epochs
+    weights, optimizer_state = None, None
+    if due and job.train.strategy == "fsdp":  # a collective: every rank gathers, rank 0 keeps
+        weights, optimizer_state = sharding.full_state(model, optimizer)
+    elif due and rank == 0:
+        optimizer_state = optimizer.state_dict()
     with contextlib.ExitStack() as stack:
         checkpoint = None
         if due and rank == 0:
@@ -354,10 +383,11 @@ def report(metrics, loop: LoopConfig, model, optimizer, scheduler, scaler, rank:
             save_checkpoint(
                 directory,
                 model=model,
+                weights=weights,
                 meta=loop.meta(epoch=epoch, metrics=metrics),
                 train_state={
                     "epoch": epoch,
-                    "optimizer": optimizer.state_dict(),
+                    "optimizer": optimizer_state,
                     "scheduler": scheduler.state_dict(),
                     "rng": torch.get_rng_state(),
                     "scaler": scaler.state_dict() if scaler is not None else {},

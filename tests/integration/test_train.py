@@ -222,3 +222,35 @@ def test_epoch_data_reads_ray_data_once_when_the_shard_fits(ray_session, cache_b
         orders.append(features[:, 0])
     assert not np.array_equal(orders[1], orders[2])
     assert shard.epochs == streamed
+
+
+def test_fsdp_trains_like_ddp_and_its_gathered_checkpoint_serves_and_resumes(
+    ray_session, local_storage, tmp_path
+):
+    from serve.predictor import Predictor
+    from workloads.checkpoint import InputSpec
+    from workloads.data import read_split
+
+    ddp = run_training(load_job_config("debug", ["name=ddp"]), local_storage, verbose=False)
+    sharded = load_job_config("debug", ["name=fsdp", "train.strategy=fsdp"])
+    fsdp = run_training(sharded, local_storage, verbose=False)
+    assert fsdp.metrics["val_accuracy"] >= 0.8
+    assert abs(fsdp.metrics["val_accuracy"] - ddp.metrics["val_accuracy"]) <= 0.05
+
+    # One whole model.safetensors, gathered from the shards: serving it reproduces the
+    # accuracy the sharded model measured in training.
+    directory = local_storage.download_dir(fsdp.best_checkpoint_key, tmp_path / "fsdp")
+    predictor = Predictor.from_checkpoint(directory, name="fsdp", version=1)
+    meta = local_storage.read_json(f"{fsdp.best_checkpoint_key}/meta.json")
+    rows, labels = read_split(
+        meta["data_uri"], InputSpec.from_dict(meta["input"]), validation_fraction=0.2,
+        split="validation",
+    )  # fmt: skip
+    predicted = predictor.predict(rows).labels
+    accuracy = sum(p == str(y) for p, y in zip(predicted, labels, strict=True)) / len(labels)
+    assert accuracy == pytest.approx(fsdp.metrics["val_accuracy"])
+
+    longer = load_job_config("debug", ["name=fsdp", "train.strategy=fsdp", "train.epochs=3"])
+    resumed = run_training(longer, local_storage, verbose=False)
+    assert resumed.epochs == 3
+    assert [a["start_epoch"] for a in attempts(local_storage, "fsdp")] == [0, 2]
