@@ -118,6 +118,11 @@ class TrainConfig(Strict):
         default="auto", description="auto: bf16 on GPUs that support it, else fp16; fp32 on CPU"
     )
     checkpoint_every: int = Field(default=1, gt=0, description="epochs between checkpoints")
+    checkpoint_upload: Literal["sync", "async"] = Field(
+        default="sync",
+        description="async: training goes on while rank 0's checkpoint uploads in a background "
+        "thread (pays off for large models)",
+    )
     cache_shard_mb: float = Field(
         default=1024,
         ge=0,

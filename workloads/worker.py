@@ -371,6 +371,7 @@ def report(metrics, loop: LoopConfig, model, optimizer, scheduler, scaler, rank:
     """Report metrics every epoch; rank 0 adds a checkpoint every `checkpoint_every` epochs."""
     job, epoch = loop.job, metrics["epoch"]
     due = epoch % job.train.checkpoint_every == 0 or epoch == job.train.epochs
+    upload = job.train.checkpoint_upload
     weights, optimizer_state = None, None
     if due and job.train.strategy == "fsdp":  # a collective: every rank gathers, rank 0 keeps
         weights, optimizer_state = sharding.full_state(model, optimizer)
@@ -379,7 +380,7 @@ def report(metrics, loop: LoopConfig, model, optimizer, scheduler, scaler, rank:
     with contextlib.ExitStack() as stack:
         checkpoint = None
         if due and rank == 0:
-            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="raylane-ckpt-"))
+            directory = checkpoint_directory(stack, upload)
             save_checkpoint(
                 directory,
                 model=model,
@@ -398,9 +399,19 @@ def report(metrics, loop: LoopConfig, model, optimizer, scheduler, scaler, rank:
             metrics,
             checkpoint=checkpoint,
             checkpoint_dir_name=f"checkpoint-epoch-{epoch:04d}" if due else None,
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode[upload.upper()],
         )
     if rank == 0:
         print(format_progress(job, metrics), flush=True)
+
+
+def checkpoint_directory(stack: contextlib.ExitStack, upload: str) -> str:
+    """A temporary directory for one checkpoint that outlives its upload: removed when report()
+    returns after a sync upload; after an async one, Ray Train's upload thread deletes it once
+    the upload is done (delete_local_checkpoint_after_upload defaults to True for ASYNC)."""
+    if upload == "async":
+        return tempfile.mkdtemp(prefix="raylane-ckpt-")
+    return stack.enter_context(tempfile.TemporaryDirectory(prefix="raylane-ckpt-"))
 
 
 def format_progress(job: JobConfig, m: dict) -> str:

@@ -254,3 +254,25 @@ def test_fsdp_trains_like_ddp_and_its_gathered_checkpoint_serves_and_resumes(
     resumed = run_training(longer, local_storage, verbose=False)
     assert resumed.epochs == 3
     assert [a["start_epoch"] for a in attempts(local_storage, "fsdp")] == [0, 2]
+
+
+def test_async_checkpoint_upload_stores_whole_checkpoints_and_leaves_no_temporary_files(
+    ray_session, local_storage
+):
+    import glob
+    import tempfile
+
+    from workloads.checkpoint import load_model
+
+    def leftovers():  # under the Ray lock no other run writes checkpoints on this machine
+        return set(glob.glob(f"{tempfile.gettempdir()}/raylane-ckpt-*"))
+
+    before = leftovers()
+    config = load_job_config("debug", ["name=async", "train.checkpoint_upload=async"])
+    summary = run_training(config, local_storage, verbose=False)
+
+    stored = sorted(k for k in local_storage.list_dirs("runs/async") if k.startswith("checkpoint-"))
+    assert stored == ["checkpoint-epoch-0001", "checkpoint-epoch-0002"]
+    _, meta = load_model(local_storage.local_root() / summary.best_checkpoint_key)
+    assert meta["metrics"]["val_accuracy"] == pytest.approx(summary.metrics["val_accuracy"])
+    assert leftovers() <= before  # Ray's upload thread removed each directory after uploading

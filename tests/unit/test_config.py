@@ -32,6 +32,7 @@ def test_overrides_are_typed_and_nested():
         ("data.dataset=mnist", "unknown dataset 'mnist'; allowed: digits, breast-cancer"),
         ("model.family=custom", "needs custom_class"),
         ("train.strategy=zero3", "train.strategy: Input should be 'ddp' or 'fsdp'"),
+        ("train.checkpoint_upload=later", "train.checkpoint_upload: Input should be 'sync' or"),
         ("model.rnn_type=rnn", "model.rnn_type: Input should be 'lstm' or 'gru'"),
         ("name=has space", "name: use letters, digits"),
         ("train", "must look like key.sub=value"),
