@@ -18,6 +18,7 @@ from cluster.errors import StorageError
 from cluster.storage import Storage
 from workloads.config import load_job_config
 from workloads.train import run_training
+from workloads.trust import CodePolicy
 
 pytestmark = pytest.mark.integration
 
@@ -240,7 +241,9 @@ def test_fsdp_trains_like_ddp_and_its_gathered_checkpoint_serves_and_resumes(
     # One whole model.safetensors, gathered from the shards: serving it reproduces the
     # accuracy the sharded model measured in training.
     directory = local_storage.download_dir(fsdp.best_checkpoint_key, tmp_path / "fsdp")
-    predictor = Predictor.from_checkpoint(directory, name="fsdp", version=1)
+    predictor = Predictor.from_checkpoint(
+        directory, name="fsdp", version=1, policy=CodePolicy.for_loading()
+    )
     meta = local_storage.read_json(f"{fsdp.best_checkpoint_key}/meta.json")
     rows, labels = read_split(
         meta["data_uri"], InputSpec.from_dict(meta["input"]), validation_fraction=0.2,
@@ -273,6 +276,7 @@ def test_async_checkpoint_upload_stores_whole_checkpoints_and_leaves_no_temporar
 
     stored = sorted(k for k in local_storage.list_dirs("runs/async") if k.startswith("checkpoint-"))
     assert stored == ["checkpoint-epoch-0001", "checkpoint-epoch-0002"]
-    _, meta = load_model(local_storage.local_root() / summary.best_checkpoint_key)
+    directory = local_storage.local_root() / summary.best_checkpoint_key
+    _, meta = load_model(directory, policy=CodePolicy.for_loading())
     assert meta["metrics"]["val_accuracy"] == pytest.approx(summary.metrics["val_accuracy"])
     assert leftovers() <= before  # Ray's upload thread removed each directory after uploading

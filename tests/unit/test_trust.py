@@ -124,7 +124,7 @@ def corrupt_cases(directory: Path) -> dict:
         "truncated weights": lambda: weights.write_bytes(weights.read_bytes()[:100]),
         "meta not JSON": lambda: (directory / "meta.json").write_text("{not json"),
         "meta a list": lambda: (directory / "meta.json").write_text("[1, 2]"),
-        "unknown family": lambda: _edit_meta(directory, model={"family": "rnn", "kwargs": {}}),
+        "unknown family": lambda: _edit_meta(directory, model={"family": "svm", "kwargs": {}}),
         "old format": lambda: _edit_meta(directory, format_version=0),
         "no input": lambda: _edit_meta(directory, input=None),
     }
@@ -141,7 +141,7 @@ EXPECTED = {
     "truncated weights": "corrupt or not a safetensors file",
     "meta not JSON": "is not valid JSON",
     "meta a list": "is not a JSON object",
-    "unknown family": "unknown model family 'rnn'",
+    "unknown family": "unknown model family 'svm'",
     "old format": "has checkpoint format 0",
     "no input": "no usable 'input' section",
 }
