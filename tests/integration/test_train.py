@@ -276,7 +276,7 @@ def test_async_checkpoint_upload_stores_whole_checkpoints_and_leaves_no_temporar
 
     stored = sorted(k for k in local_storage.list_dirs("runs/async") if k.startswith("checkpoint-"))
     assert stored == ["checkpoint-epoch-0001", "checkpoint-epoch-0002"]
-    directory = local_storage.local_root() / summary.best_checkpoint_key
+    directory = local_storage.local_root / summary.best_checkpoint_key
     _, meta = load_model(directory, policy=CodePolicy.for_loading())
     assert meta["metrics"]["val_accuracy"] == pytest.approx(summary.metrics["val_accuracy"])
     assert leftovers() <= before  # Ray's upload thread removed each directory after uploading
