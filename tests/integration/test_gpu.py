@@ -1,4 +1,4 @@
-"""GPU paths: DDP on CUDA with mixed precision, and a GPU Serve replica. Skipped without CUDA."""
+"""GPU paths: DDP and FSDP on CUDA with mixed precision, and a GPU Serve replica. Skipped without CUDA."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from workloads.config import load_job_config
 pytestmark = [pytest.mark.gpu, pytest.mark.integration]
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_training_on_gpu_with_mixed_precision(ray_session, local_storage, precision):
+@pytest.mark.parametrize(
+    "precision, strategy", [("bf16", "ddp"), ("fp16", "ddp"), ("bf16", "fsdp"), ("fp16", "fsdp")]
+)
+def test_training_on_gpu_with_mixed_precision(ray_session, local_storage, precision, strategy):
     import torch
 
     from workloads.train import run_training
@@ -19,7 +21,8 @@ def test_training_on_gpu_with_mixed_precision(ray_session, local_storage, precis
     config = load_job_config(
         "digits-cnn",
         [
-            f"name=gpu-{precision}",
+            f"name=gpu-{precision}-{strategy}",
+            f"train.strategy={strategy}",
             "train.use_gpu=true",
             f"train.num_workers={workers}",
             f"train.precision={precision}",
