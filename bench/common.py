@@ -73,17 +73,15 @@ def bench_storage(prefix: str = "bench"):
 @contextlib.contextmanager
 def s3_server():
     """Start SeaweedFS with throwaway credentials; export its settings while it runs."""
-    from cluster.s3server import S3Server, free_port
+    from cluster.s3server import S3Server, export_env, free_port
 
     with tempfile.TemporaryDirectory(prefix="raylane-bench-s3-") as data_dir:
         saved = dict(os.environ)
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "raylane-bench")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "raylane-bench-" + os.urandom(8).hex())
         server = S3Server(data_dir, port=free_port(), bucket=BENCH_BUCKET)
         env = server.start(timeout_s=90)
         env.pop("RAYLANE_STORAGE")
         env["RAYLANE_BENCH_BUCKET"] = BENCH_BUCKET
-        os.environ.update(env)
+        export_env(env)
         try:
             yield env
         finally:

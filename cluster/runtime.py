@@ -11,7 +11,10 @@ Serve replica in the job's runtime_env (only code paths: never env vars or secre
 
 Token authentication is Ray's own: with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN in the
 environment, `ray.init` presents the token. S3 credentials never travel in a runtime_env: each
-node reads them from its own environment (a local Ray inherits this process's).
+node reads them from its own environment or credentials file (a local Ray inherits this
+process's). Ray Tune would copy AWS_* secrets from this process's environment into every trial
+actor's runtime_env, so `connect` first moves them into a private credentials file
+(cluster/credentials.py); it changes os.environ to do so.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cluster.errors import ConfigError
+
+from cluster.credentials import move_secrets_to_file
 
 # Ray Train V2 answers each `ray.train.report` only at the controller's next poll of the
 # workers (2 s by default, docs/architecture.md, "Ray facts"). Epochs here take a second or less, so a 2 s poll
@@ -83,6 +88,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
     import ray
 
     configure_process()
+    if not _in_ray_worker():
+        # Before ray.init (a local Ray's processes inherit this environment) and before any
+        # Tuner is built, also when Ray was initialized by someone else. Not in a Ray worker (a
+        # trial training): its keys are its node's, no Tuner is built there, and a worker exits
+        # without running atexit, so the file would be left behind.
+        move_secrets_to_file()
     if ray.is_initialized():
         return
     for name, value in JOB_ENV_VARS.items():
@@ -129,6 +140,12 @@ def loopback_only() -> None:
     if os.environ.setdefault(LOOPBACK_ENV, "0") == "0":
         # The driver read the variable when Ray was imported; Ray's processes read it at start.
         ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _in_ray_worker() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
 
 
 def configure_process() -> None:

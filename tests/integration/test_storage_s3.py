@@ -25,6 +25,8 @@ def test_missing_bucket_is_named(s3_server):
 
 
 def test_wrong_credentials_are_reported_without_the_secret(s3_server, monkeypatch):
+    # Keys in the environment win over the server's profile, as in every AWS client.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.credentials()["aws_access_key_id"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong-secret")
     with pytest.raises(StorageError) as caught:
         Storage(f"s3://{s3_server.bucket}/x").check()

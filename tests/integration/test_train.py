@@ -161,7 +161,7 @@ def test_mlp_transformer_and_lstm_presets_beat_the_majority_class_by_far(
     [
         ({"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}, "cannot reach the S3 endpoint"),
         (
-            {"AWS_SECRET_ACCESS_KEY": "wrong-secret"},
+            {"AWS_ACCESS_KEY_ID": "raylane-wrong-key", "AWS_SECRET_ACCESS_KEY": "wrong-secret"},
             "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
         ),
     ],

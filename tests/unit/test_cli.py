@@ -40,6 +40,7 @@ def test_help_lists_every_command():
         (["models", "--storage", "gs://x", "list"], "unsupported storage URI 'gs://x'"),
         (["models", "list", "--storage", "gs://x"], "unsupported storage URI 'gs://x'"),
         (["frobnicate"], "unknown command 'frobnicate'"),
+        (["storage", "env", "--dir", "/nonexistent/raylane-s3"], "no S3 server is running from"),
     ],
 )
 def test_user_errors_are_one_line_without_a_traceback(args, message):
