@@ -36,7 +36,7 @@ from cluster.config import add_common_args
 from cluster.errors import DataError, RaylaneError, run_cli
 from cluster.registry import ModelRef, Registry
 from cluster.storage import Storage
-from serve.schemas import InputSchema, extract_instances, parse_json_body
+from serve.schemas import InputSchema, RequestError, extract_instances, parse_json_body
 from workloads.checkpoint import load_model, open_registry, prepare_features
 from workloads.trust import CodePolicy
 
@@ -124,6 +124,17 @@ class Predictor:
         return self.response(self.predict(rows))
 
     def response(self, prediction: Prediction) -> dict:
+        """The HTTP API's body; a 422 when an instance drove the model to NaN or infinity
+        (finite float32 inputs far outside the training data do that to a CNN's GroupNorm), as
+        JSON has no such numbers."""
+        finite = np.isfinite(prediction.probabilities).all(axis=1)
+        if not finite.all():
+            raise RequestError(
+                422,
+                f"instances[{int(np.argmin(finite))}] drives the model to non-finite outputs "
+                "(NaN or infinity): its values are far outside the range it was trained on; "
+                "expected values like the training data's",
+            )
         return {
             "predictions": prediction.labels,
             "probabilities": prediction.probabilities.tolist(),

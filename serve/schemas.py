@@ -88,6 +88,10 @@ def parse_json_body(body: bytes) -> Any:
         ) from None
     except RecursionError:
         raise RequestError(400, "the JSON is nested too deeply to be a list of instances") from None
+    except ValueError:  # Python refuses integers of more than 4300 digits (CVE-2020-10735)
+        raise RequestError(
+            400, "a number in the body has thousands of digits; expected numbers a float can hold"
+        ) from None
 
 
 def extract_instances(payload: Any, *, allow_bare_list: bool = False) -> list:
@@ -205,44 +209,41 @@ class InputSchema:
             return np.stack([self._token_row(inst, i) for i, inst in enumerate(instances)])
         if self.spec.named_features and any(isinstance(inst, dict) for inst in instances):
             instances = [self._record_row(inst, i) for i, inst in enumerate(instances)]
-        rows = self._float_rows_fast(instances)
-        if rows is None:  # irregular or invalid somewhere: check one by one, name the culprit
-            rows = np.stack([self._float_row(inst, i) for i, inst in enumerate(instances)])
+        rows = np.stack([self._float_row(inst, i) for i, inst in enumerate(instances)])
         return self._check_finite(rows)
 
     # ------------------------------------------------------------------ float features
 
-    def _float_rows_fast(self, instances: list) -> np.ndarray | None:
-        """All instances in one numpy conversion when they are regular and all numbers."""
-        try:
-            grid = np.array(instances, dtype=object)
-        except ValueError:  # ragged in a way numpy refuses even for object arrays
-            return None
-        if grid.shape[1:] not in self.accepted_shapes() or not _all_numbers(grid):
-            return None
-        return _to_float(grid, where="instances").reshape(len(grid), self.size)
-
     def _float_row(self, instance: Any, index: int) -> np.ndarray:
+        """One instance -> a flat float64 row. Checked in plain Python, no deeper than the
+        schema: numpy, given lists nested deeper than its 32-64 dimensions or ragged in odd
+        ways, raises RuntimeError or ValueError, which were 500s."""
         where = f"instances[{index}]"
         if not isinstance(instance, list):
             raise RequestError(422, f"{where} is {_json_type(instance)}; {self.expected()}")
-        try:
-            grid = np.array(instance, dtype=object)
-        except ValueError:
-            grid = None
-        bad = None if grid is None else _first_non_number(grid)
-        if grid is None or (bad is not None and isinstance(grid[bad], list)):
+        max_ndim = max(len(shape) for shape in self.accepted_shapes())
+        grid = _regular_grid(instance, max_ndim=max_ndim)
+        if grid is None:
             raise RequestError(
                 422, f"{where} is ragged (nested lists of unequal lengths); {self.expected()}"
             )
-        if bad is not None:
-            path = where + "".join(f"[{i}]" for i in bad)
-            raise RequestError(422, f"{path} is {_json_type(grid[bad])}; {self.expected()}")
-        if grid.shape not in self.accepted_shapes():
+        shape, leaves = grid
+        if len(shape) > max_ndim:
             raise RequestError(
-                422, f"{where} has shape {_shape_text(grid.shape)}; {self.expected()}"
+                422, f"{where} is nested more than {max_ndim} lists deep; {self.expected()}"
             )
-        return _to_float(grid, where=where).reshape(self.size)
+        for flat, value in enumerate(leaves):
+            if type(value) not in (int, float):  # bools and strings are not numbers here
+                path = "".join(f"[{int(i)}]" for i in np.unravel_index(flat, shape))
+                raise RequestError(422, f"{where}{path} is {_json_type(value)}; {self.expected()}")
+        if shape not in self.accepted_shapes():
+            raise RequestError(422, f"{where} has shape {_shape_text(shape)}; {self.expected()}")
+        try:
+            return np.array(leaves, dtype=np.float64)
+        except OverflowError:  # an integer beyond float64, e.g. 10**400
+            raise RequestError(
+                422, f"{where} holds an integer too large for a float; expected finite numbers"
+            ) from None
 
     def _record_row(self, instance: Any, index: int) -> Any:
         """A record {name: number} -> the list of its values in the features' order."""
@@ -267,8 +268,8 @@ class InputSchema:
             row, column = (int(i) for i in np.argwhere(~finite)[0])
             raise RequestError(
                 422,
-                f"instances[{row}] holds {rows[row, column]} at flat position {column}; "
-                "expected finite numbers within float32 range (no NaN or infinity)",
+                f"instances[{row}] holds {_number_text(rows[row, column])} at flat position "
+                f"{column}; expected finite numbers within float32 range (no NaN or infinity)",
             )
         return rows.astype(np.float32)
 
@@ -290,27 +291,20 @@ class InputSchema:
         return row
 
 
-def _all_numbers(grid: np.ndarray) -> bool:
-    return set(map(type, grid.flat)) <= {int, float}
-
-
-def _first_non_number(grid: np.ndarray) -> tuple[int, ...] | None:
-    """Index of the first leaf that is not a JSON number (bools are not numbers here)."""
-    if grid.ndim == 0:
-        return None if type(grid.item()) in (int, float) else ()
-    for flat, value in enumerate(grid.flat):
-        if type(value) not in (int, float):
-            return tuple(int(i) for i in np.unravel_index(flat, grid.shape))
-    return None
-
-
-def _to_float(grid: np.ndarray, *, where: str) -> np.ndarray:
-    try:
-        return grid.astype(np.float64)
-    except OverflowError:  # an integer beyond float64, e.g. 10**400
-        raise RequestError(
-            422, f"{where} holds an integer too large for a float; expected finite numbers"
-        ) from None
+def _regular_grid(value: list, *, max_ndim: int) -> tuple[tuple[int, ...], list] | None:
+    """(shape, leaves in row-major order) of nested lists, looked at one level at a time and
+    at most `max_ndim` + 1 levels deep (a deeper shape is cut there); None when ragged: lists
+    of unequal lengths, or lists beside non-lists at one level."""
+    shape: list[int] = []
+    level = [value]
+    while level and type(level[0]) is list and len(shape) <= max_ndim:
+        if any(type(node) is not list or len(node) != len(level[0]) for node in level):
+            return None
+        shape.append(len(level[0]))
+        level = [item for node in level for item in node]
+    if len(shape) <= max_ndim and any(type(node) is list for node in level):
+        return None
+    return tuple(shape), level
 
 
 def quote(value: Any, width: int = 40) -> str:
@@ -358,5 +352,11 @@ def _json_type(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, (int, float)):
-        return f"the number {value}"
+        return f"the number {_number_text(value)}"
     return type(value).__name__
+
+
+def _number_text(value: float) -> str:
+    """A number for a message: a 4000-digit integer is shown by its first digits."""
+    text = str(value)
+    return text if len(text) <= 32 else f"{text[:24]}... ({len(text)} digits)"

@@ -56,11 +56,12 @@ def digits_schema(features: np.ndarray) -> dict:
     }
 
 
-def digits_checkpoint(directory, *, seed: int, steps: int = 60):
-    """A digits MLP fitted for `steps` full-batch Adam steps; returns the checkpoint dir."""
+def digits_checkpoint(directory, *, seed: int, steps: int = 60, family: str = "mlp"):
+    """A small digits MLP (or CNN) fitted for `steps` full-batch Adam steps; returns the
+    checkpoint dir."""
     features, labels = digits_data()
     schema = digits_schema(features)
-    config = ModelConfig(family="mlp", hidden_sizes=[32], dropout=0.0)
+    config = ModelConfig(family=family, hidden_sizes=[32], channels=[4, 8], dropout=0.0)
     spec = model_spec(config, input_shape=DIGITS_SHAPE, num_classes=10)
     torch.manual_seed(seed)
     model = build_model(spec, policy=CodePolicy.CONFIGURED)

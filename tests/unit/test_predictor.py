@@ -72,6 +72,17 @@ def test_every_accepted_instance_form_gives_the_same_answer(digits):
     assert digits.predict_instances(ints, max_instances=8) == answers[0]
 
 
+def test_inputs_that_drive_a_model_to_nan_are_refused_not_answered(tmp_path):
+    """Finite float32 inputs far from the data make a CNN's GroupNorm return NaN, and JSON has
+    no NaN: the request is refused, not answered with a broken body (or a 500)."""
+    directory = digits_checkpoint(tmp_path / "cnn", seed=1, steps=2, family="cnn")
+    cnn = Predictor.from_checkpoint(directory, name="digits", version=1, policy=TRUSTED)
+    features, _ = digits_data()
+    with pytest.raises(RequestError, match="instances.1. drives the model to non-finite") as caught:
+        cnn.predict_instances([features[0].tolist(), [3.4e38] * 64], max_instances=4)
+    assert caught.value.status_code == 422
+
+
 def test_token_instances_are_padded_with_zeros(tokens):
     short = tokens.predict_instances([[3, 4, 5]], max_instances=4)
     padded = tokens.predict_instances([[3, 4, 5, 0, 0, 0, 0, 0]], max_instances=4)
@@ -123,6 +134,9 @@ BAD_DIGITS = [
     ),
     ("float32 overflow", [[1e39, *SIXTY_FOUR[1:]]], "within float32 range"),
     ("huge integer", [[10**400, *SIXTY_FOUR[1:]]], "integer too large"),
+    ("deeper than the schema", [[[[[0.0]]]]], "instances[0] is nested more than 3 lists deep"),
+    ("40 levels", [json.loads("[" * 40 + "]" * 40)], "nested more than 3 lists deep"),
+    ("lists beside numbers", [[[0.0] * 8] * 7 + [0.0]], "instances[0] is ragged"),
 ]
 
 
@@ -162,6 +176,7 @@ BAD_BODIES = [
     (b'{"instances": [[1, 2]', 400, "malformed JSON: Expecting ',' delimiter at line 1"),
     (b"\xff\xfe", 400, "not UTF-8"),
     (b"[" * 100_000, 400, "nested too deeply"),
+    (b'{"instances": [[' + b"9" * 5000 + b"]]}", 400, "a number in the body has thousands of"),
     (b"[[1, 2]]", 422, 'the body is a list; expected {"instances"'),
     (b'{"inputs": []}', 422, 'unknown field(s) "inputs"'),
     (b"{}", 422, 'the field "instances" is missing'),
