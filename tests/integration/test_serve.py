@@ -9,13 +9,18 @@ requires an API key and limits bodies to 64 KiB, so every behaviour is exercised
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -30,6 +35,9 @@ from helpers import (
     listening_sockets,
     wait_for,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from request_bodies import bodies
 
 from cluster.registry import Registry
 from cluster.s3server import free_port
@@ -306,6 +314,56 @@ def test_bad_requests_get_4xx_with_what_was_expected(served):
         # Nothing above hurt the replica: a good request still gets its answer.
         good = http.post(PREDICT, json=served.payloads[0], headers=AUTH)
         assert good.status_code == 200 and same_answer(good.json(), served.expected[1][0])
+
+
+def model_names() -> st.SearchStrategy:
+    """The served model's name mostly, any text in the path sometimes."""
+    return st.sampled_from(["digits"]) | st.text(max_size=12)
+
+
+@pytest.mark.integration
+def test_fuzzed_requests_get_a_json_4xx_never_a_5xx_and_the_replica_keeps_answering(served):
+    """tests/request_bodies.py's bodies over real HTTP: the proxy, FastAPI and the replica
+    included. Bounded, as each request costs ~10 ms of proxy CPU here."""
+    statuses: Counter = Counter()
+
+    @settings(
+        max_examples=200,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(body=bodies(), name=model_names())
+    def one_request(body: bytes, name: str) -> None:
+        response = http.post(f"/v1/models/{quote(name, safe='')}:predict", content=body)
+        statuses[response.status_code] += 1
+        assert response.status_code < 500, response.text[:300]
+        if response.status_code >= 300:
+            assert response.json()["error"], response.text[:300]
+        else:
+            assert len(response.json()["predictions"]) >= 1
+
+    with client(served) as http:
+        one_request()
+        good = http.post(PREDICT, json=served.payloads[0])
+    assert good.status_code == 200
+    assert same_answer(good.json(), served.expected[good.json()["version"]][0])
+    print(f"\nstatuses of {sum(statuses.values())} fuzzed requests: {dict(statuses)}")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_25_mb_body_gets_its_413_even_by_a_client_that_sends_it_all_first(served, framing):
+    """urllib sends the whole body before it reads the answer; before the replica drained
+    oversize bodies it got "Connection reset by peer" here (curl and httpx got the 413)."""
+    whole = b'{"instances": [[' + b"0," * 12_500_000 + b"0]]}"
+    body = whole
+    if framing == "chunked":  # an iterable body without a length: urllib sends it chunked
+        body = (whole[start : start + 2**16] for start in range(0, len(whole), 2**16))
+    request = urllib.request.Request(served.url + PREDICT, data=body, headers=AUTH)
+    with pytest.raises(urllib.error.HTTPError) as answered:
+        urllib.request.urlopen(request, timeout=60)
+    assert answered.value.code == 413
+    assert "larger than 65536 bytes" in json.loads(answered.value.read())["error"]
 
 
 # ---------------------------------------------------------------------- batching + metrics

@@ -1,0 +1,98 @@
+"""Hypothesis strategies for request bodies, shared by the in-process fuzz test
+(tests/unit/test_request_fuzz.py) and the one over HTTP (tests/integration/test_serve.py).
+
+    from request_bodies import bodies
+    @given(body=bodies())          # bytes: mostly {"instances": ...}, also any JSON, any bytes
+
+Bodies are arbitrary bytes, arbitrary JSON, and JSON shaped like the test models' inputs (64
+pixels, 1-8 token ids below 16) with arbitrary leaves, depths and sizes: the cases that once
+answered 500 were lists nested deeper than the schema, integers with thousands of digits and
+float32-range pixels that drive a CNN to NaN.
+"""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import strategies as st
+
+MAX_INSTANCES = 8
+
+
+def numbers() -> st.SearchStrategy:
+    """JSON numbers of every kind, as text: small, huge, long, NaN and infinities."""
+    return st.one_of(
+        st.integers(-20, 20).map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(json_text),
+        st.integers(300, 6000).map(lambda digits: "9" * digits),  # beyond int()'s 4300 digits
+        st.integers(300, 400).map(lambda exp: f"1e{exp}"),  # beyond float64: infinity
+        st.sampled_from(["-0", "1E-400", "true", "false", "null", '"7"', "{}", "[]"]),
+    )
+
+
+def json_text(value: object) -> str:
+    return json.dumps(value)  # NaN and Infinity as Python's json writes (and reads) them
+
+
+def grids(leaves: st.SearchStrategy) -> st.SearchStrategy:
+    """Nested lists with about the sizes of the models' inputs (8, 64) and other sizes."""
+    sizes = st.sampled_from([0, 1, 2, 3, 7, 8, 9, 30, 63, 64, 65])
+    return st.recursive(
+        leaves,
+        lambda inner: (
+            st.builds(lambda n, item: "[" + ",".join([item] * n) + "]", sizes, inner)
+            | st.lists(inner, max_size=9).map(lambda items: "[" + ",".join(items) + "]")
+        ),
+        max_leaves=80,
+    )
+
+
+def deep(leaves: st.SearchStrategy) -> st.SearchStrategy:
+    """A leaf under up to 100,000 levels of lists (numpy allows 64, Python recursion ~1000)."""
+    depth = st.integers(1, 100) | st.sampled_from([63, 64, 65, 900, 1000, 5000, 100_000])
+    return st.builds(lambda d, leaf: "[" * d + leaf + "]" * d, depth, leaves)
+
+
+def wide() -> st.SearchStrategy:
+    """Many instances, each nested deeper than the schema (the '64-900 lists' case)."""
+    return st.builds(
+        lambda n, d: "[" + ",".join(["[" * d + "1" + "]" * d] * n) + "]",
+        st.integers(1, 900),
+        st.integers(1, 70),
+    )
+
+
+def json_values() -> st.SearchStrategy:
+    """Arbitrary JSON, as text."""
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+    values = st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+        ),
+        max_leaves=40,
+    )
+    return values.map(json_text)
+
+
+def fitting() -> st.SearchStrategy:
+    """Instances that fit the models (64 float32-range numbers, token ids): these reach the
+    network, whose outputs must still make a JSON answer."""
+    extreme = st.floats(width=32, allow_nan=False, allow_infinity=False)
+    pixels = st.lists(st.floats(-100, 100) | extreme, min_size=64, max_size=64)
+    token_ids = st.lists(st.integers(0, 15), min_size=1, max_size=8)
+    batches = [st.lists(kind, min_size=1, max_size=MAX_INSTANCES) for kind in (pixels, token_ids)]
+    return st.one_of(batches).map(json_text)
+
+
+def instances_fields() -> st.SearchStrategy:
+    leaves = numbers()
+    return st.one_of(grids(leaves), deep(leaves), wide(), json_values(), fitting())
+
+
+def bodies() -> st.SearchStrategy:
+    """Request bodies: mostly {"instances": ...}, also other objects, JSON and raw bytes."""
+    wrapped = instances_fields().map(lambda field: '{"instances": ' + field + "}")
+    other = json_values() | instances_fields()
+    texts = st.one_of(wrapped, wrapped, wrapped, other).map(lambda text: text.encode())
+    return st.one_of(texts, texts, texts, st.binary(max_size=200))
