@@ -12,9 +12,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from alias_race import PromoterProcesses
 
 from cluster.errors import ConfigError, ConflictError, NotFoundError, RaylaneError, run_cli
-from cluster.registry import ModelRef, Registry
+from cluster.registry import MAX_HISTORY, ModelRef, Registry
 from cluster.storage import Storage
 from raylane.models import main
 from workloads.checkpoint import open_registry
@@ -214,6 +215,29 @@ def promote_at_once(registry, candidates, *, expected):
         results = list(pool.map(promote, candidates))
     winners = [r for r in results if isinstance(r, int)]
     return winners, [r for r in results if isinstance(r, ConflictError)]
+
+
+def test_racing_promoter_processes_have_one_winner_in_every_round(registry, tmp_path):
+    """The same race between OS processes, each with its own storage client, over many rounds:
+    the guarantee must come from storage (S3's conditional writes, a file lock and rename
+    locally), not from anything the processes share."""
+    processes, rounds = 6, 20
+    versions = register_many(registry, tmp_path, "digits", processes + 1)
+    registry.promote("digits", "production", versions[0], expected=None)
+    starts = []
+    with PromoterProcesses(processes) as promoters:
+        for round_ in range(rounds):
+            start = registry.resolve("digits@production")[1]
+            starts.append(start)
+            candidates = [v for v in versions if v != start]
+            winners, conflicts = promoters.promote_at_once(registry, candidates, expected=start)
+            assert len(winners) == 1, f"round {round_} from version {start}: winners {winners}"
+            assert len(conflicts) == processes - 1
+            assert all("re-read it and try again" in message for message in conflicts)
+            assert registry.resolve("digits@production")[1] == winners[0]
+    # The history holds each round's starting version once: every round moved it exactly once.
+    record = registry.storage.read_json("registry/digits/aliases/production.json")
+    assert record["previous"] == starts[-MAX_HISTORY:]
 
 
 # ---------------------------------------------------------------------- CLI
