@@ -25,9 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cluster.errors import ConfigError
-
 from cluster.credentials import move_secrets_to_file
+from cluster.errors import ConfigError
 
 # Ray Train V2 answers each `ray.train.report` only at the controller's next poll of the
 # workers (2 s by default, docs/architecture.md, "Ray facts"). Epochs here take a second or less, so a 2 s poll

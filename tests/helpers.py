@@ -2,6 +2,7 @@
 
 features, labels = digits_data()                 # raw digits, as clients send them
 directory = digits_checkpoint(tmp / "v1", seed=1)   # a small trained MLP checkpoint
+directory = tabular_checkpoint(tmp / "t", ["a", "b"], mean=[0, 0], std=[1, 1])  # named columns
 wait_for(lambda: server_is_up(), timeout_s=30, what="the server")
 """
 
@@ -99,6 +100,30 @@ def tokens_checkpoint(directory, *, vocab_size: int = 16, length: int = 8):
     spec = model_spec(config, input_shape=[length], num_classes=3, vocab_size=vocab_size)
     torch.manual_seed(0)
     meta = {"model": spec, "input": schema, "metrics": {}, "epoch": 0, "config": {}}
+    return save_checkpoint(
+        directory, model=build_model(spec, policy=CodePolicy.CONFIGURED), meta=meta
+    )
+
+
+def tabular_checkpoint(
+    directory, names: list[str], *, mean: list[float], std: list[float], label: str = "label"
+):
+    """An untrained MLP over named numeric columns, with the input spec training writes for a
+    Parquet table of them: requests may send a record {name: number} per instance."""
+    schema = {
+        "kind": "tabular",
+        "shape": [len(names)],
+        "dtype": "float32",
+        "class_names": ["a", "b", "c"],
+        "feature_columns": list(names),
+        "feature_types": ["double"] * len(names),
+        "label_column": label,
+        "label_encoding": "index",
+        "normalization": {"mean": list(mean), "std": list(std)},
+    }
+    spec = model_spec(ModelConfig(hidden_sizes=[16]), input_shape=[len(names)], num_classes=3)
+    torch.manual_seed(0)
+    meta = {"model": spec, "input": schema, "metrics": {}, "epoch": 1, "config": {}}
     return save_checkpoint(
         directory, model=build_model(spec, policy=CodePolicy.CONFIGURED), meta=meta
     )

@@ -5,9 +5,9 @@
     @given(body=bodies())          # bytes: mostly {"instances": ...}, also any JSON, any bytes
 
 Bodies are arbitrary bytes, arbitrary JSON, and JSON shaped like the test models' inputs (64
-pixels, 1-8 token ids below 16) with arbitrary leaves, depths and sizes: the cases that once
-answered 500 were lists nested deeper than the schema, integers with thousands of digits and
-float32-range pixels that drive a CNN to NaN.
+pixels, 1-8 token ids below 16, records of FEATURES) with arbitrary leaves, depths, keys and
+sizes: the cases that once answered 500 were lists nested deeper than the schema, integers with
+thousands of digits and float32-range pixels that drive a CNN to NaN.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 from hypothesis import strategies as st
 
 MAX_INSTANCES = 8
+FEATURES = ("alcohol", "ash", "hue")  # the columns of the named-feature (tabular) test model
 
 
 def numbers() -> st.SearchStrategy:
@@ -75,19 +76,36 @@ def json_values() -> st.SearchStrategy:
     return values.map(json_text)
 
 
+def records() -> st.SearchStrategy:
+    """Lists of objects keyed by the named features (or by other text), values of any kind."""
+
+    def text(fields: dict) -> str:
+        return "{" + ",".join(f"{json_text(key)}:{value}" for key, value in fields.items()) + "}"
+
+    values = numbers() | grids(numbers())
+    exact = st.fixed_dictionaries({name: values for name in FEATURES})
+    any_keys = st.dictionaries(st.sampled_from(FEATURES) | st.text(max_size=6), values, max_size=5)
+    instances = (exact | any_keys).map(text) | grids(numbers())
+    return st.lists(instances, min_size=1, max_size=MAX_INSTANCES).map(lambda i: f"[{','.join(i)}]")
+
+
 def fitting() -> st.SearchStrategy:
-    """Instances that fit the models (64 float32-range numbers, token ids): these reach the
-    network, whose outputs must still make a JSON answer."""
-    extreme = st.floats(width=32, allow_nan=False, allow_infinity=False)
-    pixels = st.lists(st.floats(-100, 100) | extreme, min_size=64, max_size=64)
+    """Instances that fit the models (64 pixels, token ids, records of the named features),
+    with values up to float32's range: they reach the network, whose outputs must still make a
+    JSON answer."""
+    value = st.floats(-100, 100) | st.floats(width=32, allow_nan=False, allow_infinity=False)
+    pixels = st.lists(value, min_size=64, max_size=64)
     token_ids = st.lists(st.integers(0, 15), min_size=1, max_size=8)
-    batches = [st.lists(kind, min_size=1, max_size=MAX_INSTANCES) for kind in (pixels, token_ids)]
-    return st.one_of(batches).map(json_text)
+    rows = st.fixed_dictionaries({name: value for name in FEATURES})
+    kinds = (pixels, token_ids, rows)
+    return st.one_of([st.lists(kind, min_size=1, max_size=MAX_INSTANCES) for kind in kinds]).map(
+        json_text
+    )
 
 
 def instances_fields() -> st.SearchStrategy:
     leaves = numbers()
-    return st.one_of(grids(leaves), deep(leaves), wide(), json_values(), fitting())
+    return st.one_of(grids(leaves), deep(leaves), wide(), json_values(), records(), fitting())
 
 
 def bodies() -> st.SearchStrategy:

@@ -15,15 +15,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-import torch
+from helpers import tabular_checkpoint
 from sklearn.datasets import load_wine
 
 from serve import predictor as predictor_cli
 from serve.predictor import Predictor
 from serve.schemas import RequestError
 from workloads.checkpoint import open_registry, save_checkpoint
-from workloads.config import ModelConfig
-from workloads.models import build_model, model_spec
 from workloads.trust import CodePolicy
 
 WINE = load_wine()
@@ -33,25 +31,12 @@ TRUSTED = CodePolicy.CONFIGURED  # the checkpoints here are the test's own
 
 @pytest.fixture(scope="module")
 def wine(tmp_path_factory) -> Predictor:
-    schema = {
-        "kind": "tabular",
-        "shape": [len(NAMES)],
-        "dtype": "float32",
-        "class_names": ["a", "b", "c"],
-        "feature_columns": NAMES,
-        "feature_types": ["double"] * len(NAMES),
-        "label_column": "cultivar",
-        "label_encoding": "index",
-        "normalization": {
-            "mean": WINE.data.mean(axis=0).tolist(),
-            "std": WINE.data.std(axis=0).tolist(),
-        },
-    }
-    spec = model_spec(ModelConfig(hidden_sizes=[16]), input_shape=[len(NAMES)], num_classes=3)
-    torch.manual_seed(0)
-    meta = {"model": spec, "input": schema, "metrics": {}, "epoch": 1, "config": {}}
-    directory = save_checkpoint(
-        tmp_path_factory.mktemp("wine"), model=build_model(spec, policy=TRUSTED), meta=meta
+    directory = tabular_checkpoint(
+        tmp_path_factory.mktemp("wine"),
+        NAMES,
+        mean=WINE.data.mean(axis=0).tolist(),
+        std=WINE.data.std(axis=0).tolist(),
+        label="cultivar",
     )
     return Predictor.from_checkpoint(directory, name="wine", version=1, policy=TRUSTED)
 
