@@ -56,8 +56,12 @@ def digits_schema(features: np.ndarray) -> dict:
     }
 
 
-def digits_checkpoint(directory, *, seed: int, steps: int = 60):
-    """A digits MLP fitted for `steps` full-batch Adam steps; returns the checkpoint dir."""
+def digits_checkpoint(directory, *, seed: int, steps: int = 60, data_uri: str | None = None):
+    """A digits MLP fitted for `steps` full-batch Adam steps; returns the checkpoint dir.
+
+    With `data_uri` (the prepared digits, `workloads.data.prepare(storage, "digits").uri`) its
+    meta records the data and a 20% validation split, as training would, so it can be evaluated
+    and registered with a report."""
     features, labels = digits_data()
     schema = digits_schema(features)
     config = ModelConfig(family="mlp", hidden_sizes=[32], dropout=0.0)
@@ -80,6 +84,9 @@ def digits_checkpoint(directory, *, seed: int, steps: int = 60):
         "config": {"seed": seed},
         "run_name": f"test-digits-{seed}",
     }
+    if data_uri:
+        meta["data_uri"] = data_uri
+        meta["config"]["data"] = {"validation_fraction": 0.2}
     return save_checkpoint(directory, model=model, meta=meta)
 
 
