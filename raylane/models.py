@@ -30,7 +30,7 @@ from cluster.storage import Storage
 from cluster.text import format_table, short
 from workloads.checkpoint import open_registry
 from workloads.evaluate import compare_versions, evaluate_version
-from workloads.registration import register_checkpoint
+from workloads.registration import register_checkpoint, report_line
 from workloads.report import HEADLINE, REPORT_HTML, REPORT_JSON, format_report
 from workloads.significance import significantly_worse
 from workloads.tracking import add_tracking_args, tracking_from
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint", metavar="CHECKPOINT_URI", help="checkpoint directory: s3://... or a path"
     )
     register.add_argument("--promote", metavar="ALIAS", help="then point ALIAS at the version")
+    add_tracking_args(register)
     return parser
 
 
@@ -279,10 +280,12 @@ def _register(registry: Registry, args) -> int:
     check_name(args.name)  # before any download
     source = Storage.from_uri(args.checkpoint)
     record = register_checkpoint(
-        registry, args.name, source, "", lineage={"registered_from": source.uri}, alias=args.promote
-    )
+        registry, args.name, source, "", lineage={"registered_from": source.uri},
+        alias=args.promote, tracking=tracking_from(args),
+    )  # fmt: skip
     shown = f" (now {args.name}@{args.promote})" if args.promote else ""
     print(f"registered: {args.name}:{record['version']} from {source.uri}{shown}")
+    print(report_line(record))
     return 0
 
 

@@ -1,17 +1,18 @@
-"""Evaluate checkpoints and model versions: reports, comparisons, and registration with a report.
+"""Evaluate checkpoints and model versions: reports and comparisons.
 
     raylane models evaluate digits:3 [--data s3://bucket/new.parquet] [--inference ray]
     raylane models compare digits:3 digits:4
     python -m workloads.evaluate s3://raylane/runs/digits-cnn/checkpoint-epoch-0012
     python -m workloads.evaluate ./artifacts/registry/digits/versions/3
 
-    registered = register_version(registry, "digits", checkpoint_dir, lineage={...})
     evaluated = evaluate_version(registry, "digits", 3, data=None)
     comparison = compare_versions(registry, [("digits", 3), ("digits", 4)])
+    evaluation = evaluate_checkpoint(directory, policy=policy)   # registration, before a number
+    store_report(registry, "digits", 4, evaluation)
 
-A version is evaluated when it is registered, on its own validation split (the rows its
-training held out, picked by the same row hash), and on demand on any Parquet with the same
-columns. The report (workloads/report.py) goes to `Registry.report_key(name, version, label)`:
+A version is evaluated when it is registered (workloads/registration.py), on its own validation
+split (the rows its training held out, picked by the same row hash), and on demand on any
+Parquet with the same columns. The report (workloads/report.py) goes to `Registry.report_key(name, version, label)`:
 `registry/<name>/reports/<n>/validation/` for the validation split, `.../data-<hash>/` for
 other data. Comparisons predict every version on the same rows in one pass and test the
 accuracy difference (workloads/significance.py).
@@ -27,7 +28,10 @@ import argparse
 import json
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from cluster.errors import DataError, run_cli
 from cluster.registry import Registry
@@ -61,6 +65,17 @@ def loading_policy(registry: Registry, allow_modules: Sequence[str] = ()) -> Cod
     return CodePolicy.for_loading(storage_root=registry.storage.local_root, extra=allow_modules)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's predictions on some rows: what a report is made of."""
+
+    model: Model
+    rows: Rows
+    probabilities: np.ndarray
+    labels: np.ndarray
+    inference: str  # "local" | "ray"
+
+
 def evaluate_version(
     registry: Registry,
     name: str,
@@ -77,79 +92,74 @@ def evaluate_version(
     [model] = load_versions(registry, [(name, version)], allow_modules=allow_modules)
     rows = Rows.everything(data) if data else Rows.validation_of(model)
     [probabilities], labels, how = predict([model], rows, inference=inference, address=address)
-    return _store_report(
-        registry, (name, version), model, rows, probabilities, labels, inference=how,
-        tracking=tracking,
-    )  # fmt: skip
+    evaluation = Evaluation(model, rows, probabilities, labels, how)
+    return store_report(registry, name, version, evaluation, tracking=tracking)
 
 
-def register_version(
-    registry: Registry,
-    name: str,
-    directory: str | Path,
-    *,
-    lineage: dict,
-    tracking: Tracking | None = None,
-) -> dict:
-    """Register a local checkpoint directory as a new version, with its evaluation report.
-
-    The model is evaluated first, so a checkpoint whose validation rows cannot be read is
-    refused before it takes a version number. Returns {"name", "version", "report_uri",
-    "metrics"}.
-    """
-    policy = loading_policy(registry)
+def evaluate_checkpoint(directory: str | Path, *, policy: CodePolicy) -> Evaluation:
+    """A local checkpoint's predictions on its own validation split, in this process: what
+    registration (workloads/registration.py) stores as a new version's first report."""
     module, meta = load_model(directory, policy=policy)
-    model = Model(f"{name} (unregistered)", module, meta, policy)
+    model = Model(f"the checkpoint in {directory}", module, meta, policy)
     rows = Rows.validation_of(model)
     [probabilities], labels, how = predict([model], rows)
-    version = registry.register(name, directory, lineage=lineage)
-    model = Model(f"{name}:{version}", module, meta, policy)
-    stored = _store_report(
-        registry, (name, version), model, rows, probabilities, labels, inference=how,
-        tracking=tracking, kind="register",
-    )  # fmt: skip
-    metrics = stored["report"]["metrics"]
-    return {"name": name, "version": version, "report_uri": stored["uri"], "metrics": metrics}
+    return Evaluation(model, rows, probabilities, labels, how)
 
 
-def _store_report(registry, ref, model, rows, probabilities, labels, *, inference, tracking,
-                  kind="evaluate") -> dict:  # fmt: skip
-    """Write the report of `probabilities` for version `ref` = (name, version) to storage."""
-    key = registry.report_key(*ref, rows.label)
+def store_report(
+    registry: Registry,
+    name: str,
+    version: int,
+    evaluation: Evaluation,
+    *,
+    tracking: Tracking | None = None,
+    kind: str = "evaluate",
+) -> dict:
+    """Write the report of `evaluation` as a report of version `name:version`; with `tracking`,
+    also an MLflow run of kind `kind`. Returns {"report": the JSON, "uri": where it is}."""
+    rows = evaluation.rows
+    key = registry.report_key(name, version, rows.label)
     about = {
-        "model": model.name,
-        "model_uri": registry.storage.uri_for(registry.version_key(*ref)),
+        "model": f"{name}:{version}",
+        "model_uri": registry.storage.uri_for(registry.version_key(name, version)),
         "data": {
             "uri": rows.uri,
             "split": rows.split,
             "description": rows.description,
             "validation_fraction": rows.validation_fraction,
-        },  # fmt: skip
-        "inference": inference,
+        },
+        "inference": evaluation.inference,
     }
-    report = build_report(probabilities, labels, class_names=model.spec.class_names, about=about)
+    probabilities, labels = evaluation.probabilities, evaluation.labels
+    class_names = evaluation.model.spec.class_names
+    report = build_report(probabilities, labels, class_names=class_names, about=about)
     uri = registry.storage.uri_for(key)
     with tempfile.TemporaryDirectory(prefix="raylane-report-") as tmp:
         write_report(tmp, report, probabilities, labels)
         registry.storage.upload_dir(tmp, key, last=(REPORT_JSON,))
         if tracking is not None:
-            _track(tracking, registry, ref, report, report_dir=tmp, uri=uri, kind=kind)
+            track_version(tracking, registry, name, version, kind=kind, report=report,
+                          report_dir=tmp, report_uri=uri)  # fmt: skip
     return {"report": report, "uri": uri}
 
 
-def _track(tracking: Tracking, registry, ref, report, *, report_dir, uri, kind) -> None:
-    """One MLflow run with the report's metrics, the report and the version as artifacts."""
-    name, version = ref
+def track_version(
+    tracking: Tracking, registry: Registry, name: str, version: int, *, kind: str,
+    report: dict | None = None, report_dir: str | None = None, report_uri: str | None = None,
+) -> None:  # fmt: skip
+    """One MLflow run: the version (meta, lineage, URI) as an artifact, and the report's metrics
+    and files when there is a report."""
     described = registry.describe(name, version)
     lineage = {k: v for k, v in described["lineage"].items() if k not in ("config", "metrics")}
+    tags = {"raylane.kind": kind, "raylane.model": name, "raylane.version": version}
+    if report_uri:
+        tags["raylane.report"] = report_uri
     run = tracking.start_run(
-        f"{name}:{version}",
-        params={"version_uri": described["uri"], **flatten(lineage)},
-        tags={"raylane.kind": kind, "raylane.model": name, "raylane.version": version,
-              "raylane.report": uri},
-    )  # fmt: skip
-    run.log_metrics({k: v for k, v in report["metrics"].items() if v is not None})
-    run.log_artifacts(report_dir, "evaluation")
+        f"{name}:{version}", params={"version_uri": described["uri"], **flatten(lineage)}, tags=tags
+    )
+    if report is not None:
+        run.log_metrics({k: v for k, v in report["metrics"].items() if v is not None})
+        run.log_artifacts(report_dir, "evaluation")
     with tempfile.TemporaryDirectory(prefix="raylane-version-") as tmp:
         (Path(tmp) / "version.json").write_bytes(dump_json(described))
         run.log_artifacts(tmp, "registry")
