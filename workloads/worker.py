@@ -133,8 +133,9 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
             "epoch_s": time.perf_counter() - started,
             "lr": scheduler.get_last_lr()[0],
         }
-        report(metrics, loop, model, optimizer, scheduler, scaler, rank)
+        # Before the report: once Tune has it, ASHA may end this process at any moment.
         log_epoch(metrics, step=epoch)
+        report(metrics, loop, model, optimizer, scheduler, scaler, rank)
         if gauges:
             gauges.update(metrics)
 

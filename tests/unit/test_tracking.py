@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import register_local
 
 from cluster.errors import ConfigError
 from cluster.s3server import free_port
 from workloads.checkpoint import open_registry
-from workloads.evaluate import register_version
 from workloads.tracking import EpochLogger, TrackedRun, Tracking, absolute_uri
 
 RAYLANE = str(Path(sys.executable).parent / "raylane")
@@ -36,28 +36,30 @@ def test_registration_logs_the_version_and_its_report_to_a_file_store(
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for this opt-in
     uri = absolute_uri(str(tmp_path / "mlruns"))
     registry = open_registry(local_storage)
-    registered = register_version(
-        registry, "digits", trained_digits(60), lineage={"sweep": "s1"}, tracking=Tracking(uri)
-    )
+    registered = register_local(registry, trained_digits(60), tracking=Tracking(uri))
 
     client = MlflowClient(uri)
     [run] = client.search_runs([client.get_experiment_by_name("raylane").experiment_id])
     assert run.info.run_name == "digits:1" and run.info.status == "FINISHED"
-    assert run.data.tags["raylane.kind"] == "register" and run.data.params["sweep"] == "s1"
+    assert (
+        run.data.tags["raylane.kind"] == "register"
+        and run.data.params["run_name"] == "test-digits-1"
+    )
     assert run.data.metrics["accuracy"] == pytest.approx(registered["metrics"]["accuracy"])
     assert artifacts(client, run.info.run_id, "evaluation") == REPORT_FILES
     assert artifacts(client, run.info.run_id, "registry") == {"version.json"}
 
 
-def test_evaluate_logs_a_run_to_the_sqlite_store_mlflow_tracking_uri_names(
+def test_evaluate_logs_a_run_to_the_sqlite_store_tracking_uri_names(
     local_storage, trained_digits, tmp_path
 ):
     from mlflow import MlflowClient
 
-    register_version(open_registry(local_storage), "digits", trained_digits(60), lineage={})
-    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}
+    register_local(open_registry(local_storage), trained_digits(60))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     evaluated = subprocess.run(
-        [RAYLANE, "models", "evaluate", "digits:1", "--storage", local_storage.uri],
+        [RAYLANE, "models", "evaluate", "digits:1", "--tracking-uri", "sqlite:///mlflow.db",
+         "--storage", local_storage.uri],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
@@ -74,9 +76,9 @@ import sys
 import raylane.models, tune.sweep, workloads.train, workloads.worker
 from cluster.storage import Storage
 from workloads.checkpoint import open_registry
-from workloads.evaluate import register_version
+from workloads.registration import register_checkpoint
 registry = open_registry(Storage({local_storage.uri!r}))
-register_version(registry, "digits", {str(trained_digits(2))!r}, lineage={{}})
+register_checkpoint(registry, "digits", Storage({str(trained_digits(2))!r}), "", lineage={{}})
 print("mlflow" in sys.modules)
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
