@@ -78,7 +78,7 @@ def statement(result: dict) -> str:
     low, high = (100 * v for v in result["ci"])
     level = f"{result['confidence']:.0%} CI [{low:.1f}, {high:.1f}]"
     test = (
-        f"McNemar's exact test p = {result['p_value']:.3g}: {result['only_b']} rows only {b} "
+        f"McNemar's exact test p = {result['p_value']:.3g}: {_rows(result['only_b'])} only {b} "
         f"got right, {result['only_a']} only {a}"
     )
     accuracies = f"accuracy {result['accuracy_a']:.4f} -> {result['accuracy_b']:.4f}"
@@ -101,6 +101,10 @@ def statement(result: dict) -> str:
         f"{b} is {direction} than {a} by {abs(points):.1f} points ({accuracies}), {level}; "
         f"significant ({test})"
     )
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def significantly_worse(result: dict) -> bool:
