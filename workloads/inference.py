@@ -51,6 +51,9 @@ class Model:
     meta: dict
     policy: CodePolicy  # what allowed its class to load; Ray actors rebuild it under the same
 
+    def __post_init__(self):
+        input_spec_of(self.meta)  # a checkpoint without a usable input spec fails here, named
+
     @property
     def spec(self) -> InputSpec:
         return input_spec_of(self.meta)

@@ -12,6 +12,7 @@ import pytest
 from helpers import check_report, digits_checkpoint, register_local
 
 from cluster.errors import ConfigError
+from raylane.models import main as models
 from tune.config import load_sweep_config
 from tune.sweep import run_sweep
 from workloads.checkpoint import open_registry
@@ -92,7 +93,7 @@ def test_a_failing_trial_is_reported_and_the_sweep_goes_on(ray_session, local_st
 
 
 def test_ray_data_batched_evaluation_equals_the_in_process_report(
-    ray_session, s3_storage, tmp_path, one_thread
+    ray_session, s3_storage, tmp_path, one_thread, capsys
 ):
     data = prepare(s3_storage, "digits")
     registry = open_registry(s3_storage)
@@ -102,7 +103,9 @@ def test_ray_data_batched_evaluation_equals_the_in_process_report(
         f"{registry.report_key('digits', 1, 'validation')}/report.json"
     )
 
-    batched = evaluate_version(registry, "digits", 1, inference="ray")["report"]
+    # `raylane models evaluate digits:1 --inference ray`, on this module's Ray
+    models(["--storage", s3_storage.uri, "evaluate", "digits:1", "--inference", "ray", "--json"])
+    batched = json.loads(capsys.readouterr().out)["report"]
 
     assert (in_process["inference"], batched["inference"]) == ("local", "ray")
     assert batched["confusion_matrix"] == in_process["confusion_matrix"]

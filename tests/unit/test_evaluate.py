@@ -13,12 +13,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import check_report, register_local
+from helpers import check_report, digits_checkpoint, register_local
 
 from cluster.errors import DataError
 from raylane.models import main
 from workloads.checkpoint import input_spec_of, open_registry, read_meta
 from workloads.data import read_split
+from workloads.registration import report_line
 
 RAYLANE = str(Path(sys.executable).parent / "raylane")
 
@@ -43,6 +44,14 @@ def test_a_registered_version_has_a_report_with_scikit_learns_numbers(registry, 
     report = check_report(registry.storage, key, trained_digits(8))
     assert 0.5 < report["metrics"]["accuracy"] < 1
     assert report["model"] == f"digits:{version}" and report["data"]["split"] == "validation"
+
+
+def test_a_checkpoint_without_recorded_data_registers_without_a_report(registry, tmp_path):
+    record = register_local(registry, digits_checkpoint(tmp_path / "bare", seed=1, steps=1))
+    assert record["version"] == 1 and record["report_uri"] is None
+    assert "does not record its training data" in record["report_note"]
+    assert registry.reports("digits", 1) == []
+    assert "raylane models evaluate digits:1" in report_line(record)
 
 
 def test_ece_is_the_row_weighted_gap_between_confidence_and_accuracy():
