@@ -32,7 +32,7 @@ from tune.sweep import run_sweep
 from workloads.checkpoint import input_spec_of, meta_key
 from workloads.config import JobConfig
 from workloads.data import read_split, resolve
-from workloads.report import REPORT_HTML
+from workloads.registration import report_line
 from workloads.tracking import Tracking, add_tracking_args, tracking_from
 
 
@@ -88,7 +88,7 @@ def run_pipeline(
         "validation_metrics": meta["metrics"],
         "requests": samples,
         "sweep_plot": result.plot_uri,
-        "evaluation": f"{result.registered['report_uri']}/{REPORT_HTML}",
+        "evaluation": report_line(result.registered),  # the report, or why there is none
         "seconds": round(time.monotonic() - started, 1),
     }
     storage.write_json(f"pipelines/{sweep.name}/report.json", report)
@@ -173,7 +173,7 @@ def format_report(report: dict) -> str:
             f"confidence {example['confidence']:.3f}  (version {example['version']})"
         )
     lines.append(f"sweep plot       {report['sweep_plot']}")
-    lines.append(f"evaluation       {report['evaluation']}")
+    lines.append(report["evaluation"])
     lines.append(f"total time       {report['seconds']:.0f}s")
     return "\n".join(lines)
 
