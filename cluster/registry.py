@@ -16,6 +16,7 @@ Layout below `<storage>/registry/<name>/`:
     versions/<n>/...                the checkpoint's files (the `layout`'s required files)
     versions/<n>/<marker>           written last: a version exists for readers once this does
     aliases/<alias>.json            {"version", "previous", "updated_at", "updated_by"}
+    reports/<n>/<label>/...         evaluation reports of version n (workloads/report.py)
 
 The registry knows no checkpoint file by name: a `VersionLayout` (workloads/checkpoint.py
 makes the one raylane uses) says which files a version needs and which one is written last.
@@ -24,6 +25,11 @@ A registration that dies half-way leaves a claimed number without its marker: re
 its number is never handed out again, so `digits:4` can never mean two different models.
 Aliases move only by compare-and-swap, so of two concurrent promoters exactly one wins and the
 other gets a ConflictError; a reader sees the old record or the new one, never a torn one.
+
+Reports live beside the versions, not inside them: a version directory never changes once its
+marker is written, while a report can be computed later (`raylane models evaluate digits:3
+--data ...`) or again. A report is derived from the version and the rows it names, so
+rewriting one changes no model; `validation` is the one written at registration.
 """
 
 from __future__ import annotations
@@ -176,6 +182,18 @@ class Registry:
     def version_key(self, name: str, version: int) -> str:
         check_name(name)
         return f"registry/{name}/versions/{int(version)}"
+
+    def report_key(self, name: str, version: int, label: str) -> str:
+        """Where report `label` of a version lives (outside the immutable version directory)."""
+        check_name(name)
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", label):
+            raise ConfigError(f"invalid report label {label!r}: lowercase letters, digits, - and _")
+        return f"registry/{name}/reports/{int(version)}/{label}"
+
+    def reports(self, name: str, version: int) -> list[str]:
+        """Labels of the reports stored for a version (complete or not: the caller checks)."""
+        check_name(name)
+        return self.storage.list_dirs(f"registry/{name}/reports/{int(version)}")
 
     def download(self, name: str, version: int, local_dir: str | Path) -> Path:
         """Copy version `version` of `name` into `local_dir` (created if needed; pass a fresh

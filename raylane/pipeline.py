@@ -32,6 +32,8 @@ from tune.sweep import run_sweep
 from workloads.checkpoint import input_spec_of, meta_key
 from workloads.config import JobConfig
 from workloads.data import read_split, resolve
+from workloads.registration import report_line
+from workloads.tracking import Tracking, add_tracking_args, tracking_from
 
 
 def step(number: int, total: int, text: str) -> None:
@@ -50,6 +52,7 @@ def run_pipeline(
     requests: int = 200,
     keep_serving: bool = False,
     address: str | None = None,
+    tracking: Tracking | None = None,
 ) -> dict:
     started = time.monotonic()
     sweep = load_sweep_config(config, list(overrides))
@@ -62,7 +65,9 @@ def run_pipeline(
     print(f"{info.rows} rows, {info.num_classes} classes at {info.uri}")
 
     step(2, 5, f"sweep {sweep.name}: {sweep.num_samples} trials of {sweep.train_config}")
-    result = run_sweep(sweep, storage, register=name, promote=alias, address=address)
+    result = run_sweep(
+        sweep, storage, register=name, promote=alias, address=address, tracking=tracking
+    )
     print(format_table(result, sweep))
 
     reference = f"{name}@{alias}"
@@ -83,6 +88,7 @@ def run_pipeline(
         "validation_metrics": meta["metrics"],
         "requests": samples,
         "sweep_plot": result.plot_uri,
+        "evaluation": report_line(result.registered),  # the report, or why there is none
         "seconds": round(time.monotonic() - started, 1),
     }
     storage.write_json(f"pipelines/{sweep.name}/report.json", report)
@@ -167,6 +173,7 @@ def format_report(report: dict) -> str:
             f"confidence {example['confidence']:.3f}  (version {example['version']})"
         )
     lines.append(f"sweep plot       {report['sweep_plot']}")
+    lines.append(report["evaluation"])
     lines.append(f"total time       {report['seconds']:.0f}s")
     return "\n".join(lines)
 
@@ -198,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     parser.add_argument("--requests", type=int, default=200, help="sample requests to send")
     parser.add_argument("--keep-serving", action="store_true", help="serve until Ctrl-C")
+    add_tracking_args(parser)
     return parser
 
 
@@ -215,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         requests=args.requests,
         keep_serving=args.keep_serving,
         address=args.address,
+        tracking=tracking_from(args),
     )
     print(json.dumps({"version": report["version"], "endpoint": report["endpoint"]}))
     return 0

@@ -11,6 +11,9 @@ both backends are in tests/storage_contract.py and tests/registry_contract.py.
 - `s3_storage` / `local_storage`: a fresh, empty Storage per test.
 - `ray_session` (module): a local Ray with 2 CPUs, shared by the tests of one module.
 - `one_thread`: torch on one intra-op thread for the test (tiny models, busy 2-core machine).
+- `trained_digits` (module): `trained_digits(steps)`, a digits MLP checkpoint trained `steps`
+  full-batch steps (made once per module) that records the prepared digits as its data and a
+  20% validation split, so it can be registered with its evaluation report.
 - `ray_head`: a head started the way a cluster is, `ray start --head`, with token
   authentication and the dashboard on 127.0.0.1; yields (environment, dashboard URL) with the
   head's temp dir as `.temp_dir`; `ray_node_env` adds to the head's environment. Use it only in
@@ -47,6 +50,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained_digits(tmp_path_factory):
+    import torch
+    from helpers import digits_checkpoint
+
+    from workloads.data import prepare
+
+    root = tmp_path_factory.mktemp("digits")
+    data_uri = prepare(Storage(str(root / "data")), "digits").uri
+    made = {}
+
+    def checkpoint(steps: int) -> Path:
+        if steps not in made:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # see one_thread
+            made[steps] = digits_checkpoint(
+                root / f"steps-{steps}", seed=1, steps=steps, data_uri=data_uri
+            )
+            torch.set_num_threads(threads)
+        return made[steps]
+
+    return checkpoint
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -4,21 +4,33 @@ features, labels = digits_data()                 # raw digits, as clients send t
 directory = digits_checkpoint(tmp / "v1", seed=1)   # a small trained MLP checkpoint
 directory = tabular_checkpoint(tmp / "t", ["a", "b"], mean=[0, 0], std=[1, 1])  # named columns
 wait_for(lambda: server_is_up(), timeout_s=30, what="the server")
+record = register_local(registry, directory)       # register a local checkpoint (+ report)
+check_report(storage, report_key, checkpoint_dir)   # a stored evaluation report is right
 """
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from sklearn import metrics as sk
 from sklearn.datasets import load_digits
 
-from workloads.checkpoint import InputSpec, prepare_features, save_checkpoint
+from workloads.checkpoint import (
+    InputSpec,
+    input_spec_of,
+    load_model,
+    prepare_features,
+    save_checkpoint,
+)
 from workloads.config import ModelConfig
+from workloads.data import read_split
 from workloads.models import build_model, model_spec
 from workloads.trust import CodePolicy
 
@@ -57,9 +69,15 @@ def digits_schema(features: np.ndarray) -> dict:
     }
 
 
-def digits_checkpoint(directory, *, seed: int, steps: int = 60, family: str = "mlp"):
+def digits_checkpoint(
+    directory, *, seed: int, steps: int = 60, family: str = "mlp", data_uri: str | None = None
+):
     """A small digits MLP (or CNN) fitted for `steps` full-batch Adam steps; returns the
-    checkpoint dir."""
+    checkpoint dir.
+
+    With `data_uri` (the prepared digits, `workloads.data.prepare(storage, "digits").uri`) its
+    meta records the data and a 20% validation split, as training would, so it can be evaluated
+    and registered with a report."""
     features, labels = digits_data()
     schema = digits_schema(features)
     config = ModelConfig(family=family, hidden_sizes=[32], channels=[4, 8], dropout=0.0)
@@ -82,6 +100,9 @@ def digits_checkpoint(directory, *, seed: int, steps: int = 60, family: str = "m
         "config": {"seed": seed},
         "run_name": f"test-digits-{seed}",
     }
+    if data_uri:
+        meta["data_uri"] = data_uri
+        meta["config"]["data"] = {"validation_fraction": 0.2}
     return save_checkpoint(directory, model=model, meta=meta)
 
 
@@ -183,3 +204,52 @@ def descendants(roots: set[int]) -> set[int]:
         found |= children
         grew = bool(children)
     return found
+
+
+def register_local(registry, directory, *, name: str = "digits", tracking=None) -> dict:
+    """Register a local checkpoint directory the way every command does (checked, evaluated,
+    with its report when it records its data); returns the registration record."""
+    from cluster.storage import Storage
+    from workloads.registration import register_checkpoint
+
+    source = Storage(str(directory))
+    return register_checkpoint(registry, name, source, "", lineage={}, tracking=tracking)
+
+
+def check_report(storage, key: str, checkpoint_dir) -> dict:
+    """Assert that the report stored at `key` holds scikit-learn's numbers for the checkpoint's
+    predictions on its validation split (computed here, without raylane's evaluation code) and
+    ships its plots and a page that shows and links them. Returns the report."""
+    report = storage.read_json(f"{key}/report.json")
+    module, meta = load_model(checkpoint_dir, policy=CodePolicy.CONFIGURED)
+    spec = input_spec_of(meta)
+    fraction = meta["config"]["data"]["validation_fraction"]
+    features, labels = read_split(
+        meta["data_uri"], spec, validation_fraction=fraction, split="validation"
+    )
+    logits = module(torch.as_tensor(prepare_features(features, spec))).detach()
+    probabilities = torch.softmax(logits.double(), dim=1).numpy()
+    predictions = probabilities.argmax(1)
+
+    matrix = report["confusion_matrix"]["matrix"]
+    assert report["rows"] == len(labels) == sum(map(sum, matrix))
+    assert matrix == sk.confusion_matrix(labels, predictions).tolist()
+    expected = {
+        "accuracy": sk.accuracy_score(labels, predictions),
+        "f1_macro": sk.f1_score(labels, predictions, average="macro"),
+        "f1_weighted": sk.f1_score(labels, predictions, average="weighted"),
+        "auc_roc": sk.roc_auc_score(labels, probabilities, multi_class="ovr"),
+        "log_loss": sk.log_loss(labels, probabilities),
+    }
+    assert report["metrics"] == pytest.approx({**expected, "ece": report["metrics"]["ece"]})
+    precision, recall, _, support = sk.precision_recall_fscore_support(labels, predictions)
+    assert [row["precision"] for row in report["per_class"]] == pytest.approx(precision)
+    assert [row["recall"] for row in report["per_class"]] == pytest.approx(recall)
+    assert [row["support"] for row in report["per_class"]] == support.tolist()
+
+    page = storage.read_bytes(f"{key}/report.html").decode()
+    for png in ("confusion_matrix.png", "roc_curves.png", "reliability.png"):
+        image = storage.read_bytes(f"{key}/{png}")
+        assert image.startswith(b"\x89PNG") and f'href="{png}"' in page
+        assert base64.b64encode(image).decode() in page  # shown even without the files beside
+    return report

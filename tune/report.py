@@ -1,5 +1,11 @@
-"""What a person looks at after a sweep: a table sorted by the metric, a JSON summary, and a
-plot of each trial's metric per epoch (early-stopped trials end early, marked with an x)."""
+"""What a person looks at after a sweep: a table sorted by the metric, a JSON summary, a plot of
+each trial's metric per epoch (early-stopped trials end early, marked with an x), and a plot of
+each hyperparameter against the trials' final metric, one panel per parameter.
+
+    rows = summary_rows(results, sweep, storage)
+    plot_trials(results, sweep, storage, plot_dir)     # <storage>/sweeps/<name>/trials.png
+    plot_params(rows, sweep, storage, plot_dir)        # <storage>/sweeps/<name>/params.png
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from pathlib import Path
 from cluster.storage import Storage
 from cluster.text import format_table as aligned
 from workloads.checkpoint import meta_key
+from workloads.registration import report_line
 
 
 def summary_rows(results, sweep, storage: Storage) -> list[dict]:
@@ -27,9 +34,11 @@ def summary_rows(results, sweep, storage: Storage) -> list[dict]:
             "epoch": None,
             "checkpoint_key": None,
             "status": "errored" if result.error is not None else "completed",
+            "final": None,  # the metric at the last epoch the trial reported
         }
         if frame is not None and len(frame) and sweep.metric in frame:
             row["epochs"] = int(frame["epoch"].max())
+            row["final"] = float(frame[sweep.metric].iloc[-1])
             best = _best_checkpointed(frame, sweep, storage)
             if best is not None:
                 row["metric"], row["val_loss"], row["epoch"], row["checkpoint_key"] = best
@@ -99,12 +108,15 @@ def format_table(result, sweep) -> str:
         text.append(f"failed: {error}")
     if result.plot_uri:
         text.append(f"plot: {result.plot_uri}")
+    if result.params_plot_uri:
+        text.append(f"parameters: {result.params_plot_uri}")
     if result.registered:
         reg = result.registered
         text.append(
             f"registered: {reg['name']}:{reg['version']} = {result.best['trial']} epoch "
             f"{reg.get('epoch')}" + (f" (now {reg['name']}@{reg['alias']})" if reg["alias"] else "")
         )
+        text.append(report_line(reg))
     return "\n".join(text)
 
 
@@ -116,11 +128,7 @@ def _fmt(value) -> str:
 
 def plot_trials(results, sweep, storage: Storage, plot_dir: str) -> str | None:
     """Metric per epoch for every trial; saved locally and to storage. Returns the storage URI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(8, 5), dpi=110)
     longest = 0
     for result in results:
@@ -148,11 +156,67 @@ def plot_trials(results, sweep, storage: Storage, plot_dir: str) -> str | None:
     axis.set_title(f"sweep {sweep.name}: {sweep.metric} per epoch (x = stopped early)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, ncol=2)
-    local = Path(plot_dir) / f"{sweep.name}-trials.png"
+    return _save(figure, storage, plot_dir, sweep, "trials")
+
+
+def plot_params(rows: list[dict], sweep, storage: Storage, plot_dir: str) -> str | None:
+    """Each searched parameter against the final metric, one panel per parameter; saved
+    locally and to storage. Returns the storage URI (None when no trial reported)."""
+    plt = _pyplot()
+    reported = [row for row in rows if row["final"] is not None]
+    if not reported or not sweep.space:
+        return None
+    figure, axes = plt.subplots(
+        1, len(sweep.space), figsize=(3.6 * len(sweep.space), 3.6), dpi=110, squeeze=False,
+        sharey=True,
+    )  # fmt: skip
+    for axis, (key, param) in zip(axes[0], sweep.space.items(), strict=True):
+        values = [row["params"].get(key) for row in reported]
+        positions = _positions(axis, values, param)
+        for stopped, marker in ((False, "o"), (True, "x")):
+            picked = [
+                i for i, r in enumerate(reported) if (r["status"] == "stopped early") == stopped
+            ]
+            axis.scatter(
+                [positions[i] for i in picked], [reported[i]["final"] for i in picked],
+                marker=marker, label="stopped early" if stopped else "ran to the end",
+            )  # fmt: skip
+        axis.set_xlabel(key)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"final {sweep.metric}")
+    axes[0][0].legend(fontsize=7)
+    figure.suptitle(f"sweep {sweep.name}: {sweep.metric} at each trial's last epoch")
+    return _save(figure, storage, plot_dir, sweep, "params")
+
+
+def _positions(axis, values: list, param) -> list:
+    """x positions: ranges as numbers (log scale for loguniform), choices by index."""
+    if param.type not in ("choice", "grid"):
+        if param.type == "loguniform":
+            axis.set_xscale("log")
+            axis.xaxis.set_minor_formatter(_pyplot().NullFormatter())  # labels would overlap
+        return values
+    choices = [str(v) for v in (param.values or sorted(set(map(str, values))))]
+    axis.set_xticks(range(len(choices)), choices)
+    return [choices.index(str(v)) if str(v) in choices else -1 for v in values]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, storage: Storage, plot_dir: str, sweep, kind: str) -> str:
+    """`<plot_dir>/<sweep>-<kind>.png` and `<storage>/sweeps/<sweep>/<kind>.png`."""
+    local = Path(plot_dir) / f"{sweep.name}-{kind}.png"
     local.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(local, bbox_inches="tight")
-    plt.close(figure)
-    key = f"sweeps/{sweep.name}/trials.png"
+    _pyplot().close(figure)
+    key = f"sweeps/{sweep.name}/{kind}.png"
     storage.write_bytes(key, local.read_bytes())
     return storage.uri_for(key)
 

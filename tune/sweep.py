@@ -12,7 +12,13 @@ is derived from what the cluster has so a small machine never deadlocks.
 
 Sweep state lives in `<storage>/sweeps/<name>/` (Tune's experiment state plus each trial's
 Train run under `trials/`), so `--resume` restores from storage on any machine. At the end the
-summary table, `summary.json` and a plot of each trial's metric per epoch are written there.
+summary table, `summary.json`, a plot of each trial's metric per epoch and one of each
+hyperparameter against the final metric are written there. `--register` evaluates the best
+checkpoint and registers it with its report (workloads/evaluate.py).
+
+With tracking on (`--tracking-uri` or $MLFLOW_TRACKING_URI), the sweep is an MLflow run with
+one nested run per trial, each marked at the end with its final state and whether ASHA stopped
+it early, and the registration is a nested run of its own (workloads/tracking.py).
 """
 
 from __future__ import annotations
@@ -22,17 +28,19 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from cluster.config import add_common_args, validate
 from cluster.errors import ConfigError, RaylaneError, first_line, run_cli
 from cluster.runtime import use_code
 from cluster.storage import Storage
 from tune.config import SweepConfig, load_sweep_config, sweep_presets
-from tune.report import plot_trials, summary_rows, write_summary
+from tune.report import plot_params, plot_trials, summary_rows, write_summary
 from tune.space import base_training_config, trial_config, tune_space
 from workloads.checkpoint import open_registry
 from workloads.config import JobConfig
 from workloads.registration import register_checkpoint
+from workloads.tracking import TrackedRun, Tracking, add_tracking_args, tracking_from
 from workloads.train import prepare_data
 
 TRIAL_DRIVER_CPUS = 0.01  # the trial function only waits on its Train controller
@@ -50,13 +58,15 @@ class SweepResult:
     rows: list[dict]
     errors: list[str]
     plot_uri: str | None
-    registered: dict | None = None
+    registered: dict | None = None  # {"name", "version", "alias", "report_uri", "metrics"}
+    params_plot_uri: str | None = None
 
 
 def run_trial(
-    params: dict, *, base: dict, storage_uri: str, sweep_name: str, prepared=None
+    params: dict, *, base: dict, storage_uri: str, sweep_name: str, prepared=None, tracking=None
 ) -> None:
-    """One Tune trial: a complete Ray Train run of the sampled config."""
+    """One Tune trial: a complete Ray Train run of the sampled config (an MLflow run nested
+    under the sweep's when `tracking` is set)."""
     from ray import tune as ray_tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -80,6 +90,7 @@ def run_trial(
         verbose=False,
         runs_prefix=runs,
         prepared=prepared,
+        tracking=tracking and tracking.tagged(**{"raylane.trial": trial_id}),
     )
     attempts = storage.list(f"{runs}/{config.name}/attempts")
     if attempts and storage.read_json(attempts[-1])["start_epoch"] >= config.train.epochs:
@@ -110,7 +121,7 @@ def concurrency(train: dict, requested: int | None, *, shared_data: bool) -> int
     return min(fits, requested) if requested else fits
 
 
-def build_tuner(sweep: SweepConfig, storage: Storage, *, resume: bool):
+def build_tuner(sweep: SweepConfig, storage: Storage, *, resume: bool, tracking=None):
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -125,6 +136,7 @@ def build_tuner(sweep: SweepConfig, storage: Storage, *, resume: bool):
             storage_uri=storage.uri,
             sweep_name=sweep.name,
             prepared=prepared,
+            tracking=tracking,
         ),
         {"cpu": TRIAL_DRIVER_CPUS},
     )
@@ -203,12 +215,29 @@ def run_sweep(
     register: str | None = None,
     promote: str | None = None,
     plot_dir: str = ".",
+    tracking: Tracking | None = None,
 ) -> SweepResult:
+    storage.check()
+    parent = tracking and tracking.start_run(
+        sweep.name, params=sweep.model_dump(mode="json"), tags={"raylane.kind": "sweep"}
+    )
+    nested = parent and tracking.nested(parent, **{"raylane.sweep": sweep.name})
+    try:
+        result = _sweep(sweep, storage, resume, address, register, promote, plot_dir, nested)
+    except BaseException:  # FAILED in MLflow, not left RUNNING forever
+        if parent:
+            parent.end("FAILED")
+        raise
+    if parent:
+        track_outcome(parent, result, sweep, plot_dir)
+    return result
+
+
+def _sweep(sweep, storage, resume, address, register, promote, plot_dir, tracking):
     from cluster.runtime import connect
 
-    storage.check()
     connect(address)
-    results = build_tuner(sweep, storage, resume=resume).fit()
+    results = build_tuner(sweep, storage, resume=resume, tracking=tracking).fit()
     rows = summary_rows(results, sweep, storage)
     errors = [
         f"trial {r.path.rsplit('/', 1)[-1]}: {first_line(r.error)}"
@@ -223,18 +252,57 @@ def run_sweep(
     best = finished[0]  # rows are sorted best first
     plot_uri = plot_trials(results, sweep, storage, plot_dir)
     result = SweepResult(sweep.name, best, rows, errors, plot_uri)
+    result.params_plot_uri = plot_params(rows, sweep, storage, plot_dir)
     if register:
-        result.registered = register_best(storage, sweep, best, register, promote)
+        result.registered = register_best(
+            storage, sweep, best, register, promote, tracking=tracking
+        )
     write_summary(storage, sweep, result)
     return result
 
 
-def register_best(storage: Storage, sweep: SweepConfig, best: dict, name: str, alias: str | None):
+def track_outcome(parent: TrackedRun, result: SweepResult, sweep: SweepConfig, plot_dir) -> None:
+    """Close the sweep's MLflow runs: each trial's final state (ASHA stops a trial by ending its
+    process, so its run cannot close itself), the best trial, the plots."""
+    rows = {row["trial"]: row for row in result.rows}
+    for child, tags in parent.children():
+        if tags.get("raylane.kind") != "train":
+            continue  # the registration's run
+        row = rows.get(tags.get("raylane.trial"), {"status": "errored", "epochs": 0})
+        child.set_tags({
+            "raylane.status": row["status"], "raylane.epochs": row["epochs"],
+            "raylane.early_stopped": row["status"] == "stopped early",
+        })  # fmt: skip
+        if result.registered and row.get("trial") == result.best["trial"]:
+            child.set_tags({"raylane.registered": _version_name(result.registered)})
+        child.end("FAILED" if row["status"] == "errored" else "FINISHED")
+    parent.log_metrics({f"best_{sweep.metric}": result.best["metric"]})
+    parent.set_tags({"raylane.best_trial": result.best["trial"], "raylane.trials": len(rows)})
+    if result.registered:
+        parent.set_tags({"raylane.registered": _version_name(result.registered)})
+    for kind in ("trials", "params"):
+        local = Path(plot_dir) / f"{sweep.name}-{kind}.png"
+        if local.exists():
+            parent.log_file(local, "plots")
+    parent.end()
+
+
+def _version_name(registered: dict) -> str:
+    return f"{registered['name']}:{registered['version']}"
+
+
+def register_best(
+    storage: Storage, sweep: SweepConfig, best: dict, name: str, alias: str | None, *,
+    tracking: Tracking | None = None,
+):  # fmt: skip
+    """Register the best trial's checkpoint (evaluated first: it gets its report), maybe
+    promote it."""
     source = {"sweep": sweep.name, "trial": best["trial"], "params": best["params"]}
     registry = open_registry(storage)
     return register_checkpoint(
-        registry, name, storage, best["checkpoint_key"], lineage=source, alias=alias
-    )
+        registry, name, storage, best["checkpoint_key"], lineage=source, alias=alias,
+        tracking=tracking,
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--promote", metavar="ALIAS", help="then point ALIAS (e.g. production) at it"
     )
-    parser.add_argument("--plot-dir", default=".", help="where to save the plot locally")
+    parser.add_argument("--plot-dir", default=".", help="where to save the plots locally")
+    add_tracking_args(parser)
     return parser
 
 
@@ -271,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         register=args.register,
         promote=args.promote,
         plot_dir=args.plot_dir,
+        tracking=tracking_from(args),
     )
     from tune.report import format_table
 

@@ -217,7 +217,8 @@ def data_uri(config: DataConfig, info: DatasetInfo) -> str:
 
 
 def read_split(uri: str, spec: InputSpec, *, validation_fraction: float, split: str):
-    """One split as (features, labels) numpy arrays, read in this process without Ray.
+    """One split ("train", "validation" or "all" rows) as (features, labels) numpy arrays, read
+    in this process without Ray.
 
     The same row hash as `load_splits` picks the rows, so a checkpoint can be re-evaluated
     on exactly its validation set anywhere (tests, `python -m workloads.evaluate`).
@@ -231,6 +232,8 @@ def read_split(uri: str, spec: InputSpec, *, validation_fraction: float, split: 
     )
     batch = {name: _column_numpy(table.column(name)) for name in columns}
     features = stack_features(batch, spec.feature_columns)
+    if split == "all":
+        return features, encode_labels(batch[spec.label_column], spec)
     in_validation = _row_hash(features) < int(validation_fraction * 2**32)
     rows = in_validation if split == "validation" else ~in_validation
     labels = encode_labels(batch[spec.label_column][rows], spec)
@@ -248,26 +251,53 @@ def _column_numpy(column: pa.ChunkedArray) -> np.ndarray:
 
 def load_splits(config: DataConfig, info: DatasetInfo):
     """(train, validation) Ray Datasets, split by a hash of each row's features."""
+    columns = [*info.feature_columns, info.label_column]
+    tagged = _tagged_rows(data_uri(config, info), columns, info.feature_columns)
+    threshold = int(config.validation_fraction * 2**32)
+    validation = tagged.filter(expr=f"_bucket < {threshold}", num_cpus=DATA_TASK_CPUS)
+    train = tagged.filter(expr=f"_bucket >= {threshold}", num_cpus=DATA_TASK_CPUS)
+    return train.materialize(), validation.materialize()
+
+
+def select_rows(uri: str, spec: InputSpec, *, validation_fraction: float | None):
+    """A Ray Dataset of the validation rows of `uri` (the split of `load_splits`), or of every
+    row when `validation_fraction` is None: what batched inference reads."""
+    columns = [*spec.feature_columns, spec.label_column]
+    if validation_fraction is None:
+        return _read_parquet(uri, columns)
+    threshold = int(validation_fraction * 2**32)
+    tagged = _tagged_rows(uri, columns, spec.feature_columns)
+    return tagged.filter(expr=f"_bucket < {threshold}", num_cpus=DATA_TASK_CPUS)
+
+
+def _read_parquet(uri: str, columns: list[str]):
     import ray.data
 
     # Reads with Ray Data's v1 Parquet datasource, whose tasks take DATA_TASK_CPUS:
     # cluster/runtime.py switches it on where Ray is connected (see the reason there).
-    source = Storage.from_uri(data_uri(config, info))
-    fs, path = source.arrow_filesystem()
-    columns = [*info.feature_columns, info.label_column]
-    dataset = ray.data.read_parquet(
+    fs, path = Storage.from_uri(uri).arrow_filesystem()
+    return ray.data.read_parquet(
         parquet_files(fs, path), filesystem=fs, columns=columns, num_cpus=DATA_TASK_CPUS
     )
-    threshold = int(config.validation_fraction * 2**32)
+
+
+def _tagged_rows(uri: str, columns: list[str], feature_columns):
+    """The rows of `uri` with a `_bucket` column: the hash that assigns each row its split."""
 
     def split_column(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch["_bucket"] = _row_hash(stack_features(batch, info.feature_columns))
+        batch["_bucket"] = _row_hash(stack_features(batch, feature_columns))
         return batch
 
-    tagged = dataset.map_batches(split_column, batch_format="numpy", num_cpus=DATA_TASK_CPUS)
-    validation = tagged.filter(expr=f"_bucket < {threshold}", num_cpus=DATA_TASK_CPUS)
-    train = tagged.filter(expr=f"_bucket >= {threshold}", num_cpus=DATA_TASK_CPUS)
-    return train.materialize(), validation.materialize()
+    dataset = _read_parquet(uri, columns)
+    return dataset.map_batches(split_column, batch_format="numpy", num_cpus=DATA_TASK_CPUS)
+
+
+def count_rows(uri: str) -> int:
+    """Rows of the Parquet at `uri`, from the files' footers (no data read)."""
+    import pyarrow.dataset as pads
+
+    fs, path = Storage.from_uri(uri).arrow_filesystem()
+    return pads.dataset(parquet_files(fs, path), filesystem=fs, format="parquet").count_rows()
 
 
 def _row_hash(features: np.ndarray) -> np.ndarray:

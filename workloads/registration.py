@@ -12,6 +12,12 @@ before a version number is claimed, so a wrong URI never burns a number. Nothing
 to check it: a custom model class is code, and registering must not run it. The lineage says
 where the version came from (`source`: the run, or the sweep and trial) plus what the
 checkpoint's meta records (config, metrics, epoch, data).
+
+Then the model is evaluated on its own validation split (workloads/evaluate.py), still before
+a number is claimed, and the report is stored beside the new version. Building the model to
+evaluate it follows the operator's loading policy (workloads/trust.py), so a custom class that
+is not allowed is not imported: such a version, or one whose checkpoint records no training
+data, is registered without a report, and the record says why.
 """
 
 from __future__ import annotations
@@ -19,10 +25,19 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from cluster.errors import DataError, first_line
+from cluster.errors import DataError, RaylaneError, first_line
 from cluster.registry import Registry
 from cluster.storage import Storage
 from workloads.checkpoint import input_spec_of, load_weights, read_meta
+from workloads.evaluate import (
+    Evaluation,
+    evaluate_checkpoint,
+    loading_policy,
+    store_report,
+    track_version,
+)
+from workloads.report import REPORT_HTML
+from workloads.tracking import Tracking
 
 
 def check_checkpoint(directory: str | Path) -> dict:
@@ -46,12 +61,15 @@ def register_checkpoint(
     *,
     lineage: dict,
     alias: str | None = None,
+    tracking: Tracking | None = None,
 ) -> dict:
-    """Check the checkpoint at `key` in `source`, register it as a new version of `name`,
-    optionally point `alias` at it. Returns {"name", "version", "alias", "epoch"}."""
+    """Check and evaluate the checkpoint at `key` in `source`, register it as a new version of
+    `name` with its report, optionally point `alias` at it. Returns {"name", "version", "alias",
+    "epoch", "report_uri", "metrics", "report_note"} (a note, and no URI, without a report)."""
     with tempfile.TemporaryDirectory(prefix="raylane-register-") as tmp:
         local = source.download_dir(key, Path(tmp) / "checkpoint")
         meta = check_checkpoint(local)
+        evaluation, note = _evaluate(local, registry)
         recorded = {
             "checkpoint": source.uri_for(key),
             "epoch": meta.get("epoch"),
@@ -62,6 +80,31 @@ def register_checkpoint(
             "data_uri": meta.get("data_uri"),
         }
         version = registry.register(name, local, lineage={**recorded, **lineage})
+    record = {"name": name, "version": version, "alias": alias, "epoch": meta.get("epoch"),
+              "report_uri": None, "metrics": None, "report_note": note}  # fmt: skip
+    if evaluation is not None:
+        stored = store_report(
+            registry, name, version, evaluation, tracking=tracking, kind="register"
+        )
+        record.update(report_uri=stored["uri"], metrics=stored["report"]["metrics"])
+    elif tracking is not None:
+        track_version(tracking, registry, name, version, kind="register")
     if alias:
         registry.promote(name, alias, version)
-    return {"name": name, "version": version, "alias": alias, "epoch": meta.get("epoch")}
+    return record
+
+
+def _evaluate(directory: Path, registry: Registry) -> tuple[Evaluation | None, str | None]:
+    """The checkpoint's evaluation on its validation split, or why there is none."""
+    try:
+        return evaluate_checkpoint(directory, policy=loading_policy(registry)), None
+    except RaylaneError as error:  # no recorded data, a custom class not allowed, data gone
+        return None, str(error)
+
+
+def report_line(record: dict) -> str:
+    """Where the new version's report is, or why it has none: printed after registering."""
+    if record["report_uri"]:
+        return f"evaluation: {record['report_uri']}/{REPORT_HTML}"
+    ref = f"{record['name']}:{record['version']}"
+    return f"not evaluated: {record['report_note']} (once fixed: raylane models evaluate {ref})"

@@ -28,6 +28,7 @@ from cluster.storage import Storage
 from workloads import data
 from workloads.config import JobConfig, load_job_config, presets
 from workloads.models import build_model, count_parameters, model_spec
+from workloads.tracking import Tracking, add_tracking_args, tracking_from
 from workloads.trust import CodePolicy
 
 
@@ -62,11 +63,13 @@ def run_training(
     verbose: bool = True,
     runs_prefix: str = "runs",
     prepared: PreparedData | None = None,
+    tracking: Tracking | None = None,
 ) -> TrainingSummary:
     """Train `config` with Ray Train, checkpoints in `storage` under `<runs_prefix>/<name>/`.
 
     `prepared` hands in datasets already read and split (a sweep reads them once for all
-    trials). Raises RaylaneError (with a one-line cause) on failure.
+    trials); with `tracking`, the run is an MLflow run (config as params, metrics per epoch).
+    Raises RaylaneError (with a one-line cause) on failure.
     """
     from ray.train import (
         CheckpointConfig,
@@ -98,6 +101,12 @@ def run_training(
     )
     # Bad model settings fail here, not in workers; the class is the config's own (trusted).
     parameters = count_parameters(build_model(spec, policy=CodePolicy.CONFIGURED))
+    run_uri = storage.uri_for(f"{runs_prefix}/{config.name}")
+    tracked = tracking and tracking.start_run(
+        config.name,
+        params=config.model_dump(mode="json"),
+        tags={"raylane.kind": "train", "raylane.run": run_uri},
+    )
     connect(address)
     prepared = prepared or prepare_data(config, storage, info)
     info, train_ds, validation_ds = prepared.info, prepared.train, prepared.validation
@@ -124,6 +133,7 @@ def run_training(
                 run_key=f"{runs_prefix}/{config.name}",
                 data_fingerprint=info.fingerprint,
                 data_uri=data.data_uri(config.data, info),
+                tracked_run=tracked or None,
             )
         },
         scaling_config=ScalingConfig(
@@ -152,8 +162,16 @@ def run_training(
         # dropped to even out shards), and rank 0 evaluates it.
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
-    result = fit(trainer, config.name)
+    try:
+        result = fit(trainer, config.name)
+    except BaseException:  # FAILED in MLflow, not left RUNNING forever
+        if tracked:
+            tracked.end("FAILED")
+        raise
     summary = summarize(result, config, storage, time.monotonic() - started)
+    if tracked:
+        tracked.set_tags({"raylane.best_checkpoint": summary.best_checkpoint_uri})
+        tracked.end()
     storage.write_json(f"{runs_prefix}/{config.name}/summary.json", asdict(summary))
     if verbose:
         print(format_summary(summary), flush=True)
@@ -239,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"preset ({', '.join(presets())}) or a YAML file (default: debug)",
     )
     add_common_args(parser)
+    add_tracking_args(parser)
     parser.add_argument("--name", help="run name (default: the config's name)")
     parser.add_argument("--num-workers", type=int, help="training workers (train.num_workers)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
@@ -277,16 +296,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage = Storage.from_uri(args.storage)
     if args.register:
         check_name(args.register)  # a bad name fails before training, not after
-    summary = run_training(config, storage, address=args.address)
+    tracking = tracking_from(args)
+    summary = run_training(config, storage, address=args.address, tracking=tracking)
     if args.register:
-        register_run(storage, summary, args.register, args.promote)
+        register_run(storage, summary, args.register, args.promote, tracking=tracking)
     return 0
 
 
-def register_run(storage: Storage, summary: TrainingSummary, name: str, alias: str | None) -> dict:
-    """Register a finished run's best checkpoint as a new version of `name`."""
+def register_run(
+    storage: Storage, summary: TrainingSummary, name: str, alias: str | None, *,
+    tracking: Tracking | None = None,
+) -> dict:  # fmt: skip
+    """Register a finished run's best checkpoint as a new version of `name`, with its report."""
     from workloads.checkpoint import open_registry
-    from workloads.registration import register_checkpoint
+    from workloads.registration import register_checkpoint, report_line
 
     if not summary.best_checkpoint_key:
         raise RaylaneError(f"run {summary.run_name!r} kept no checkpoint to register")
@@ -297,9 +320,11 @@ def register_run(storage: Storage, summary: TrainingSummary, name: str, alias: s
         summary.best_checkpoint_key,
         lineage={"run": summary.run_name},
         alias=alias,
+        tracking=tracking,
     )
     shown = f" (now {name}@{alias})" if alias else ""
     print(f"registered: {name}:{record['version']} from epoch {record['epoch']}{shown}")
+    print(report_line(record))
     return record
 
 

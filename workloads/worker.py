@@ -6,7 +6,8 @@ shard of the training set, evaluates its shard of the validation set, and rank 0
 predictions of all ranks into one set of metrics. Every `checkpoint_every` epochs rank 0 writes
 a checkpoint (the contract in workloads/checkpoint.py) that Ray Train uploads to storage; after a worker failure or
 a re-run with the same name, `ray.train.get_checkpoint()` hands back the latest one and the
-loop continues from the epoch after it.
+loop continues from the epoch after it. With tracking on, rank 0 also logs each epoch's metrics
+to the run's MLflow run (workloads/tracking.py); with it off, nothing of MLflow is loaded.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from workloads.checkpoint import (
 from workloads.config import JobConfig, TrainConfig
 from workloads.models import build_model
 from workloads.step import classification_metrics, predict_logits, train_step
+from workloads.tracking import EpochLogger, TrackedRun
 from workloads.trust import CodePolicy
 
 
@@ -57,6 +59,7 @@ class LoopConfig:
     run_key: str  # <runs prefix>/<run name>
     data_fingerprint: str
     data_uri: str
+    tracked_run: TrackedRun | None = None  # the MLflow run rank 0 logs to; None: tracking off
 
     def meta(self, *, epoch: int, metrics: dict) -> dict:
         return build_meta(
@@ -99,6 +102,7 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
         device=device, batch_size=512,
     )  # fmt: skip
     gauges = TrainingGauges(job.name) if rank == 0 else None
+    log_epoch = EpochLogger(loop.tracked_run if rank == 0 else None)  # does nothing when off
 
     for epoch in range(start_epoch + 1, job.train.epochs + 1):
         started = time.perf_counter()
@@ -134,6 +138,8 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
             "epoch_s": time.perf_counter() - started,
             "lr": scheduler.get_last_lr()[0],
         }
+        # Before the report: once Tune has it, ASHA may end this process at any moment.
+        log_epoch(metrics, step=epoch)
         report(metrics, loop, model, optimizer, scheduler, scaler, rank)
         if gauges:
             gauges.update(metrics)

@@ -1,5 +1,5 @@
-"""Sweeps on a real local Ray and a real SeaweedFS: ASHA early stopping, registry hand-off,
-and trial errors."""
+"""Sweeps on a real local Ray and a real SeaweedFS: ASHA early stopping, registry hand-off with
+the version's evaluation report, trial errors; and batched evaluation with Ray Data."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import subprocess
 import sys
 
 import pytest
+from helpers import check_report, digits_checkpoint, register_local
 
 from cluster.errors import ConfigError
+from raylane.models import main as models
 from tune.config import load_sweep_config
 from tune.sweep import run_sweep
 from workloads.checkpoint import open_registry
+from workloads.data import prepare
+from workloads.evaluate import evaluate_version
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +40,13 @@ def test_asha_sweep_stops_trials_early_and_registers_the_best(ray_session, s3_st
     assert (tmp_path / "digits-sweep-trials.png").stat().st_size > 10_000
     summary = s3_storage.read_json("sweeps/digits-sweep/summary.json")
     assert summary["registered"]["version"] == version
+    assert s3_storage.exists("sweeps/digits-sweep/params.png")
+
+    # Registered with its evaluation report, in S3 beside the version.
+    key = registry.report_key("digits", version, "validation")
+    assert result.registered["report_uri"] == s3_storage.uri_for(key)
+    report = check_report(s3_storage, key, registry.download("digits", version, tmp_path / "v"))
+    assert report["metrics"]["accuracy"] == pytest.approx(best)
 
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAYLANE_STORAGE", s3_storage.uri)
@@ -79,6 +90,29 @@ def test_a_failing_trial_is_reported_and_the_sweep_goes_on(ray_session, local_st
         and "d_model (30) must be divisible by num_heads" in result.errors[0]
     )
     assert result.best["metric"] is not None
+
+
+def test_ray_data_batched_evaluation_equals_the_in_process_report(
+    ray_session, s3_storage, tmp_path, one_thread, capsys
+):
+    data = prepare(s3_storage, "digits")
+    registry = open_registry(s3_storage)
+    checkpoint = digits_checkpoint(tmp_path / "v1", seed=1, steps=8, data_uri=data.uri)
+    register_local(registry, checkpoint)  # evaluated in this process
+    in_process = s3_storage.read_json(
+        f"{registry.report_key('digits', 1, 'validation')}/report.json"
+    )
+
+    # `raylane models evaluate digits:1 --inference ray`, on this module's Ray
+    models(["--storage", s3_storage.uri, "evaluate", "digits:1", "--inference", "ray", "--json"])
+    batched = json.loads(capsys.readouterr().out)["report"]
+
+    assert (in_process["inference"], batched["inference"]) == ("local", "ray")
+    assert batched["confusion_matrix"] == in_process["confusion_matrix"]
+    assert batched["metrics"] == pytest.approx(in_process["metrics"])
+    everything = evaluate_version(registry, "digits", 1, data=data.uri, inference="ray")
+    assert everything["report"]["rows"] == 1797
+    assert everything["uri"].startswith(s3_storage.uri_for("registry/digits/reports/1/data-"))
 
 
 def test_unknown_space_key_fails_before_any_trial(local_storage):
