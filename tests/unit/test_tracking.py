@@ -2,7 +2,7 @@
 real SQLite store, read back with MLflow's own client; tracking off loads no MLflow; a URI with
 credentials is refused; a dead tracking server costs a training loop one warning, not a crash.
 The sweep and training runs (Ray workers, a tracking server) are in
-tests/integration/test_tracking.py."""
+tests/integration/test_tracking_server.py."""
 
 from __future__ import annotations
 
