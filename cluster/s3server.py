@@ -192,7 +192,10 @@ class S3Server:
         import boto3
         from botocore.config import Config
 
-        client = boto3.client(
+        # A session of its own: boto3.client() would create boto3's default session here, with
+        # this moment's environment, and a later boto3.client() in the same process (after
+        # `raylane storage env`'s profile is exported) would fail on that stale session.
+        client = boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint,
             region_name="us-east-1",
