@@ -34,6 +34,7 @@ from workloads.registration import register_checkpoint, report_line
 from workloads.report import HEADLINE, REPORT_HTML, REPORT_JSON, format_report
 from workloads.significance import significantly_worse
 from workloads.tracking import add_tracking_args, tracking_from
+from workloads.trust import add_allow_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,13 +108,7 @@ def _add_rows_args(parser: argparse.ArgumentParser) -> None:
         "--address", help="Ray cluster address for --inference ray (default: $RAY_ADDRESS)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON only")
-    parser.add_argument(
-        "--allow-custom-module",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="let a custom model class from MODULE load (repeatable; default: none)",
-    )
+    add_allow_flag(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

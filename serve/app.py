@@ -76,6 +76,7 @@ from serve.schemas import (
     parse_json_body,
 )
 from workloads.checkpoint import open_registry
+from workloads.trust import add_allow_flag
 
 APP_NAME = "raylane"
 ROUTES = "POST /v1/models/NAME:predict, GET /v1/models/NAME, GET /healthz, GET /docs"
@@ -496,14 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--min-replicas", type=int, default=1, help="with --max-replicas (default 1)")
     add("--target-ongoing-requests", type=float, default=2.0, help="autoscaling target per replica")
     add("--api-key-env", default="RAYLANE_API_KEY", help="env var holding the API key, if set")
-    add(
-        "--allow-custom-module",
-        dest="custom_model_modules",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="let replicas import custom model classes from MODULE; repeatable (default: none)",
-    )
+    add_allow_flag(parser, dest="custom_model_modules")
     options = vars(parser.parse_args(argv))
 
     host, port, address = options.pop("host"), options.pop("port"), options.pop("address")

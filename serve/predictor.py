@@ -38,7 +38,7 @@ from cluster.registry import ModelRef, Registry
 from cluster.storage import Storage
 from serve.schemas import InputSchema, RequestError, extract_instances, parse_json_body
 from workloads.checkpoint import load_model, open_registry, prepare_features
-from workloads.trust import CodePolicy
+from workloads.trust import CodePolicy, add_allow_flag
 
 CLI_MAX_INSTANCES = 1_000_000  # the CLI reads a local file: only memory limits it
 
@@ -239,14 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "as the model's features)",
     )
     add_common_args(parser, overrides=None, address=False)
-    parser.add_argument(
-        "--allow-custom-module",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="let a custom model class from MODULE (and its submodules) load; repeatable. "
-        "Off by default: a registry entry never chooses what code runs here",
-    )
+    add_allow_flag(parser)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     args = parser.parse_args(argv)
 

@@ -43,7 +43,7 @@ from workloads.report import REPORT_JSON, build_report, write_report
 from workloads.significance import paired_accuracy
 from workloads.step import classification_metrics
 from workloads.tracking import Tracking, flatten
-from workloads.trust import CodePolicy
+from workloads.trust import CodePolicy, add_allow_flag
 
 
 def load_versions(
@@ -251,13 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("checkpoint", help="checkpoint directory or URI")
     parser.add_argument("--json", action="store_true", help="print JSON only")
-    parser.add_argument(
-        "--allow-custom-module",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="let a custom model class from MODULE load (repeatable; default: none)",
-    )
+    add_allow_flag(parser)
     args = parser.parse_args(argv)
     now, recorded = evaluate_uri(args.checkpoint, allow_modules=args.allow_custom_module)
     if args.json:

@@ -98,3 +98,17 @@ def locate(module: str) -> Path | None:
             if candidate.exists():
                 return candidate.parent if candidate.name == "__init__.py" else candidate
     return None
+
+
+def add_allow_flag(parser, *, dest: str = "allow_custom_module") -> None:
+    """`--allow-custom-module MODULE` (repeatable), the same on every command that loads a
+    stored model: predict, evaluate, `models evaluate/compare`, serve."""
+    parser.add_argument(
+        "--allow-custom-module",
+        dest=dest,
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="let a custom model class from MODULE (and its submodules) load; repeatable. Off "
+        "by default: a registry entry never chooses what code runs here",
+    )
