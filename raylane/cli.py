@@ -30,6 +30,7 @@ COMMANDS = {
     "sweep": ("tune.sweep", "sweep hyperparameters with Ray Tune; register the best model"),
     "models": ("raylane.models", "list, show, promote and roll back registered models"),
     "serve": ("serve.app", "serve a registered model over HTTP with Ray Serve"),
+    "optimize": ("workloads.optimize", "quantize, prune or distill a registered model"),
     "predict": ("serve.predictor", "predict with a registered model in this process"),
     "pipeline": ("raylane.pipeline", "data -> sweep -> register -> promote -> serve, end to end"),
 }
