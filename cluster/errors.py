@@ -26,6 +26,11 @@ class StorageError(RaylaneError):
     """Storage is unreachable, misconfigured, or refused the request."""
 
 
+class StorageUnavailable(StorageError):
+    """Storage did not answer (unreachable, timed out, overloaded): it may pass, so callers
+    retry it a few times before giving up (cluster/storage_s3.py)."""
+
+
 class NotFoundError(StorageError):
     """An object, model, version or alias does not exist."""
 

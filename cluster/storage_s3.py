@@ -9,22 +9,33 @@ whole; `put_if_absent` and `compare_and_swap` are S3's conditional writes (`If-N
 `If-Match: <etag>`).
 
 Only errors raised by boto3, botocore and pyarrow become a StorageError that says what to fix
-(`translate_s3_error`); any other exception is a bug and keeps its traceback.
+(`translate_s3_error`); any other exception is a bug and keeps its traceback. An endpoint that
+does not answer (connection refused or reset, a timeout, a 5xx, throttling) is a
+`StorageUnavailable`: every idempotent request is retried with backoff for up to
+$RAYLANE_STORAGE_RETRY_S seconds (30 by default) before that error reaches the caller.
+Conditional writes are not retried (a lost answer would turn a win into a conflict), nor is
+`check`, which must fail within seconds.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from cluster.errors import NotFoundError, StorageError
+from cluster.errors import NotFoundError, StorageError, StorageUnavailable
 
-# Fail within seconds on an unreachable endpoint instead of hanging in retries.
+# One request fails within seconds on an unreachable endpoint; `retry_delays` decides how long
+# raylane keeps trying.
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 20.0
+RETRY_ENV, DEFAULT_RETRY_S = "RAYLANE_STORAGE_RETRY_S", 30.0
+# S3 error codes that say "not now" rather than "no": worth a retry.
+TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
+                   "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}  # fmt: skip
 
 
 def s3_endpoint() -> str | None:
@@ -36,17 +47,30 @@ def region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
+def retry_delays():
+    """Seconds to wait before each retry of an unavailable endpoint: 0.5 doubling up to 8, until
+    $RAYLANE_STORAGE_RETRY_S (default 30) seconds of waiting are used up."""
+    raw = os.environ.get(RETRY_ENV) or DEFAULT_RETRY_S
+    try:
+        budget = float(raw)
+    except ValueError:
+        raise StorageError(f"{RETRY_ENV}={raw!r} is not a number of seconds") from None
+    delay, spent = 0.5, 0.0
+    while spent + delay <= budget:
+        yield delay
+        spent, delay = spent + delay, min(delay * 2, 8.0)
+
+
 def translate_s3_error(error: Exception, *, bucket: str | None, where: str) -> StorageError:
     """Turn a boto3/botocore exception into a StorageError that says what to fix."""
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import (
         ClientError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
+        HTTPClientError,
         NoCredentialsError,
         PartialCredentialsError,
-        ReadTimeoutError,
     )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     endpoint = s3_endpoint() or "AWS S3"
     if isinstance(error, NoCredentialsError | PartialCredentialsError):
@@ -54,15 +78,16 @@ def translate_s3_error(error: Exception, *, bucket: str | None, where: str) -> S
             f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
             "(or AWS_PROFILE) in the environment"
         )
-    if isinstance(error, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError):
-        return StorageError(
+    if isinstance(error, BotoConnectionError | HTTPClientError):  # refused, reset, timed out
+        return StorageUnavailable(
             f"cannot reach the S3 endpoint {endpoint} for {where}; is the server running? "
             "Check AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (`raylane storage up` starts a local one)"
         )
     if isinstance(error, S3UploadFailedError):
         # upload_file wraps the real ClientError's text; classify by that text.
         text = str(error)
-        for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "NoSuchBucket"):
+        for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "NoSuchBucket",
+                     *sorted(TRANSIENT_CODES)):  # fmt: skip
             if code in text:
                 return _client_error(code, 0, bucket=bucket, where=where, endpoint=endpoint)
         return StorageError(f"upload to {where} failed: {text}")
@@ -74,6 +99,11 @@ def translate_s3_error(error: Exception, *, bucket: str | None, where: str) -> S
 
 
 def _client_error(code: str, status: int, *, bucket, where, endpoint) -> StorageError:
+    if code in TRANSIENT_CODES or status >= 500:
+        return StorageUnavailable(
+            f"S3 at {endpoint} is unavailable or overloaded ({code or status}) for {where}; "
+            "try again later or check the server"
+        )
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
         return StorageError(
             f"S3 at {endpoint} rejected the credentials ({code}) for {where}: check "
@@ -146,7 +176,7 @@ class S3Backend:
 
     def check(self, env_name: str) -> None:
         try:
-            self._call(lambda c: c.head_bucket(Bucket=self.bucket), key="")
+            self._call(lambda c: c.head_bucket(Bucket=self.bucket), key="", retry=False)
         except NotFoundError:  # HEAD has no body, so S3 says only "404"
             raise StorageError(
                 f"bucket {self.bucket!r} does not exist at {s3_endpoint() or 'AWS S3'}: create it "
@@ -238,9 +268,9 @@ class S3Backend:
             # 412: the condition failed; 409: a concurrent conditional write is in flight.
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
                 return False
-            raise translate_s3_error(error, bucket=self.bucket, key=key) from None
+            raise translate_s3_error(error, bucket=self.bucket, where=self.uri(key)) from None
         except _storage_errors() as error:
-            raise translate_s3_error(error, bucket=self.bucket, key=key) from None
+            raise translate_s3_error(error, bucket=self.bucket, where=self.uri(key)) from None
 
     # ------------------------------------------------------------------ files
 
@@ -301,24 +331,35 @@ class S3Backend:
         return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
 
     def _paginate(self, prefix: str, delimiter: str | None):
+        """Listing pages, each fetched (and retried) on its own by its continuation token."""
         where = self._relative(prefix.rstrip("/")) if prefix else ""
         kwargs = {"Bucket": self.bucket, "Prefix": prefix}
         if delimiter:
             kwargs["Delimiter"] = delimiter
-        pages = iter(self.client.get_paginator("list_objects_v2").paginate(**kwargs))
         while True:
-            page = self._call(lambda _c: next(pages, None), key=where)
-            if page is None:
-                return
+            page = self._call(lambda c, k=dict(kwargs): c.list_objects_v2(**k), key=where)
             yield page
+            if not page.get("IsTruncated"):
+                return
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.full_key(key)}".rstrip("/")
 
-    def _call(self, fn, *, key: str, translate: bool = True):
+    def _call(self, fn, *, key: str, translate: bool = True, retry: bool = True):
+        """fn(client), its errors translated; retried with backoff while storage is unavailable."""
         if not translate:
             return fn(self.client)
-        try:
-            return fn(self.client)
-        except _storage_errors() as error:
-            raise translate_s3_error(error, bucket=self.bucket, where=self.uri(key)) from None
+        delays, waited = retry_delays() if retry else iter(()), 0.0
+        while True:
+            try:
+                return fn(self.client)
+            except _storage_errors() as error:
+                failure = translate_s3_error(error, bucket=self.bucket, where=self.uri(key))
+            delay = next(delays, None) if isinstance(failure, StorageUnavailable) else None
+            if delay is None:
+                if waited:
+                    raise type(failure)(f"{failure} (gave up after retrying for {waited:.1f} s)")
+                raise failure
+            time.sleep(delay)
+            waited += delay
