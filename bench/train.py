@@ -92,7 +92,7 @@ def training_rows(storage, config) -> tuple[dict, torch.Tensor, torch.Tensor]:
         validation_fraction=config.data.validation_fraction,
         split="train",
     )
-    # The same moments as data.compute_normalization, without Ray.
+    # The same moments as data.check_and_normalize, without Ray.
     x = features.astype(np.float64)
     mean, std = x.mean(0), x.std(0)
     normalization = {"mean": mean.tolist(), "std": np.where(std < 1e-6, 1.0, std).tolist()}
@@ -190,7 +190,7 @@ class ReportTimes(UserCallback):
         self.path = path
 
     def after_report(self, run_context, metrics, checkpoint):
-        line = {"time": time.time(), "checkpoint": checkpoint is not None, **metrics[0]}
+        line = {"time": time.time(), "checkpoint": "checkpoint_path" in metrics[0], **metrics[0]}
         with open(self.path, "a") as f:
             f.write(json.dumps(line, default=float) + "\n")
 

@@ -6,6 +6,7 @@ directory = tabular_checkpoint(tmp / "t", ["a", "b"], mean=[0, 0], std=[1, 1])  
 wait_for(lambda: server_is_up(), timeout_s=30, what="the server")
 record = register_local(registry, directory)       # register a local checkpoint (+ report)
 check_report(storage, report_key, checkpoint_dir)   # a stored evaluation report is right
+metric_sum(scrape_metrics(), "ray_raylane_train_epoch", run="debug")   # Ray's Prometheus endpoint
 """
 
 from __future__ import annotations
@@ -43,6 +44,24 @@ def wait_for(condition, *, timeout_s: float, what: str, interval_s: float = 0.25
             return
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def scrape_metrics() -> str:
+    """The text of the connected Ray node's Prometheus endpoint (metric names carry `ray_`)."""
+    import httpx
+    import ray
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus series' samples whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 DIGITS_SHAPE = [1, 8, 8]

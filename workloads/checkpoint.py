@@ -8,6 +8,7 @@
     meta = build_meta(spec=spec, input_spec=info.input_spec(), config=job, epoch=3, ...)
     save_checkpoint(directory, model=model, meta=meta, train_state=state)
     model, meta = load_model(directory, policy=CodePolicy.for_loading())
+    upload_checkpoint(storage, directory, "runs/x/checkpoint-epoch-0003")   # meta.json last
     registry = open_registry(storage)          # a Registry that knows this contract
 
 The same directory is what Ray Train reports, what the registry stores as a version, and what
@@ -48,6 +49,19 @@ def open_registry(storage: Storage) -> Registry:
 def meta_key(checkpoint_key: str) -> str:
     """Storage key of a stored checkpoint's meta.json."""
     return f"{checkpoint_key.rstrip('/')}/{META}"
+
+
+def upload_checkpoint(storage: Storage, directory: str | Path, key: str) -> None:
+    """Copy a checkpoint directory to `key`, meta.json last: until it lands (every other file
+    is up by then) a reader finds no checkpoint there. Returns once every file is up, so the
+    local directory may be deleted afterwards and never while an upload still reads it."""
+    storage.upload_dir(directory, key, last=(META,))
+
+
+def delete_checkpoint(storage: Storage, key: str) -> None:
+    """Delete a stored checkpoint, meta.json first, so no reader takes it while it goes."""
+    storage.delete(meta_key(key))
+    storage.delete(key)
 
 
 # ---------------------------------------------------------------------- the input spec

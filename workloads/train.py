@@ -6,9 +6,12 @@
     ray job submit --working-dir . -- python -m workloads.train --config digits-cnn
 
 Checkpoints go to `<storage>/runs/<name>/checkpoint-epoch-NNNN/` and a summary to
-`<storage>/runs/<name>/summary.json`. The run name (the config's `name`, or `--name`) is
-stable: running the same name again resumes from its latest checkpoint, and a run that already
-finished with the same config returns its stored summary at once (no data read, no workers).
+`<storage>/runs/<name>/summary.json` (the layout: workloads/runs.py). The run name (the
+config's `name`, or `--name`) is stable: running the same name again resumes from its newest
+complete checkpoint, unless that was trained on other data or another model (refused, with how
+to start fresh); a run that already finished with the same config returns its stored summary at
+once (no data read, no workers). Everything that can be checked is checked before Ray Train
+starts a worker: storage, the data (workloads/datacheck.py), the model, the run to resume.
 """
 
 from __future__ import annotations
@@ -16,16 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from cluster.config import add_common_args
-from cluster.errors import ConfigError, RaylaneError, first_line, run_cli
+from cluster.errors import ConfigError, RaylaneError, StorageError, first_line, run_cli
 from cluster.registry import check_name
 from cluster.runtime import use_code
 from cluster.storage import Storage
-from workloads import data
+from workloads import data, runs
+from workloads.checkpoint import meta_key
 from workloads.config import JobConfig, load_job_config, presets
 from workloads.models import build_model, count_parameters, model_spec
 from workloads.tracking import Tracking, add_tracking_args, tracking_from
@@ -71,18 +76,7 @@ def run_training(
     trials); with `tracking`, the run is an MLflow run (config as params, metrics per epoch).
     Raises RaylaneError (with a one-line cause) on failure.
     """
-    from ray.train import (
-        CheckpointConfig,
-        DataConfig,
-        FailureConfig,
-        LoggingConfig,
-        RunConfig,
-        ScalingConfig,
-    )
-    from ray.train.torch import TorchTrainer
-
     from cluster.runtime import connect
-    from workloads.worker import LoopConfig, train_loop_per_worker
 
     started = time.monotonic()
     storage.check()  # fail fast, before anything is written
@@ -101,41 +95,81 @@ def run_training(
     )
     # Bad model settings fail here, not in workers; the class is the config's own (trusted).
     parameters = count_parameters(build_model(spec, policy=CodePolicy.CONFIGURED))
-    run_uri = storage.uri_for(f"{runs_prefix}/{config.name}")
+    run_key = f"{runs_prefix}/{config.name}"
+    check_resume(config, storage, run_key, info, spec, verbose=verbose)
     tracked = tracking and tracking.start_run(
         config.name,
         params=config.model_dump(mode="json"),
-        tags={"raylane.kind": "train", "raylane.run": run_uri},
+        tags={"raylane.kind": "train", "raylane.run": storage.uri_for(run_key)},
     )
-    connect(address)
-    prepared = prepared or prepare_data(config, storage, info)
-    info, train_ds, validation_ds = prepared.info, prepared.train, prepared.validation
-    if verbose:
-        print(
-            f"[{config.name}] {config.model.family} ({parameters:,} parameters) on {info.uri}: "
-            f"{info.rows} rows, {info.num_classes} classes; {config.train.num_workers} workers"
-            f"{' on GPU' if config.train.use_gpu else ''}; storage {storage.uri}",
-            flush=True,
-        )
-
-    fs, root = storage.arrow_filesystem()
-    resources = {"CPU": config.train.cpus_per_worker}
-    if config.train.use_gpu:
-        resources["GPU"] = 1
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "loop": LoopConfig(
-                job=config,
-                spec=spec,
-                input_spec=info.input_spec(),
-                storage_uri=storage.uri,
-                run_key=f"{runs_prefix}/{config.name}",
-                data_fingerprint=info.fingerprint,
-                data_uri=data.data_uri(config.data, info),
-                tracked_run=tracked or None,
+    try:
+        connect(address)
+        prepared = prepared or prepare_data(config, storage, info)
+        if verbose:
+            info = prepared.info
+            print(
+                f"[{config.name}] {config.model.family} ({parameters:,} parameters) on "
+                f"{info.uri}: {info.rows} rows, {info.num_classes} classes; "
+                f"{config.train.num_workers} workers{' on GPU' if config.train.use_gpu else ''}"
+                f"; storage {storage.uri}",
+                flush=True,
             )
-        },
+        trainer = build_trainer(config, prepared, spec, storage, run_key, callbacks, tracked)
+        stopped = (fit(trainer, config).return_value or {}).get("storage_error")
+        if stopped:
+            raise StorageError(
+                f"training run {config.name!r} stopped: {stopped}. Once storage answers again, "
+                "run the same command to resume from the newest complete checkpoint"
+            )
+    except BaseException:  # FAILED in MLflow, not left RUNNING forever
+        if tracked:
+            tracked.end("FAILED")
+        raise
+    summary = summarize(config, storage, run_key, time.monotonic() - started)
+    if tracked:
+        tracked.set_tags({"raylane.best_checkpoint": summary.best_checkpoint_uri})
+        tracked.end()
+    storage.write_json(f"{run_key}/summary.json", asdict(summary))
+    if verbose:
+        print(format_summary(summary), flush=True)
+    return summary
+
+
+def check_resume(config, storage: Storage, run_key: str, info, spec: dict, *, verbose: bool):
+    """Before any worker starts: clear incomplete checkpoints, and refuse to resume a run that
+    was trained on other data or another model (its weights would not fit)."""
+    say = (lambda line: print(f"[{config.name}] {line}", flush=True)) if verbose else None
+    found = runs.resume_point(storage, run_key, say=say)
+    if found is None:
+        return
+    runs.check_resumable(
+        storage.read_json(meta_key(found.key)),
+        data_fingerprint=info.fingerprint,
+        data_uri=data.data_uri(config.data, info),
+        spec=spec,
+        run_uri=storage.uri_for(run_key),
+    )
+
+
+def build_trainer(config, prepared, spec, storage: Storage, run_key: str, callbacks, tracked):
+    """The TorchTrainer of a run: one LoopConfig for every worker, no Ray checkpoint record."""
+    from ray.train import DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from workloads.recovery import RestartNotes
+    from workloads.worker import LoopConfig, train_loop_per_worker
+
+    info, launch = prepared.info, uuid.uuid4().hex
+    fs, root = storage.arrow_filesystem()
+    resources = {"CPU": config.train.cpus_per_worker} | ({"GPU": 1} if config.train.use_gpu else {})
+    loop = LoopConfig(
+        job=config, spec=spec, input_spec=info.input_spec(), storage_uri=storage.uri,
+        run_key=run_key, data_fingerprint=info.fingerprint,
+        data_uri=data.data_uri(config.data, info), launch=launch, tracked_run=tracked or None,
+    )  # fmt: skip
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"loop": loop},
         scaling_config=ScalingConfig(
             num_workers=config.train.num_workers,
             use_gpu=config.train.use_gpu,
@@ -144,38 +178,21 @@ def run_training(
         ),
         run_config=RunConfig(
             name=config.name,
-            storage_path=f"{root}/{runs_prefix}",
+            storage_path=f"{root}/{run_key.rsplit('/', 1)[0]}",
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=config.train.max_failures),
-            # Train V2 deletes from storage all but the best num_to_keep, and never the latest
-            # (checkpoint_manager.py: _save_state_and_delete_old_checkpoints), so resuming works.
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=config.train.keep_checkpoints,
-                checkpoint_score_attribute=config.train.metric,
-                checkpoint_score_order=config.train.mode,
-            ),
-            callbacks=list(callbacks) or None,
-            logging_config=LoggingConfig(log_level="WARNING"),  # our progress lines suffice
+            # No CheckpointConfig: the workers keep the checkpoints (workloads/runs.py).
+            callbacks=[*callbacks, RestartNotes(storage.uri, run_key, launch)],
+            # Ray Train's own lines (a dead worker's ActorDiedError, the collateral errors of
+            # the ranks that outlived it) go to Ray's session logs, not the console: raylane
+            # says what happened in one line, and a bug's traceback reaches the driver (fit).
+            logging_config=LoggingConfig(log_level="CRITICAL"),
         ),
-        datasets={"train": train_ds, "validation": validation_ds},
+        datasets={"train": prepared.train, "validation": prepared.validation},
         # Shard only the training set; every rank sees the whole validation set (no rows
         # dropped to even out shards), and rank 0 evaluates it.
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
-    try:
-        result = fit(trainer, config.name)
-    except BaseException:  # FAILED in MLflow, not left RUNNING forever
-        if tracked:
-            tracked.end("FAILED")
-        raise
-    summary = summarize(result, config, storage, time.monotonic() - started)
-    if tracked:
-        tracked.set_tags({"raylane.best_checkpoint": summary.best_checkpoint_uri})
-        tracked.end()
-    storage.write_json(f"{runs_prefix}/{config.name}/summary.json", asdict(summary))
-    if verbose:
-        print(format_summary(summary), flush=True)
-    return summary
 
 
 @dataclass
@@ -193,35 +210,48 @@ def prepare_data(
     """Read and split the configured dataset with Ray Data; normalization from the train split."""
     info = info or data.resolve(config.data, storage)
     train, validation = data.load_splits(config.data, info)
-    if config.data.normalize:
-        info.normalization = data.compute_normalization(train, info)
+    normalize = config.data.normalize
+    info.normalization = data.check_and_normalize(train, validation, info, normalize=normalize)
     return PreparedData(info, train, validation)
 
 
-def fit(trainer, name: str):
-    """trainer.fit(), with a training failure turned into one readable error."""
+def fit(trainer, config: JobConfig):
+    """trainer.fit(). Workers that died more often than train.max_failures become one line; any
+    other worker failure is a bug and keeps the traceback Ray Train puts in its message."""
     from ray.train import TrainingFailedError
+
+    from workloads.recovery import died
 
     try:
         return trainer.fit()
     except TrainingFailedError as error:
-        cause = error.__cause__ or error
-        raise RaylaneError(f"training run {name!r} failed: {first_line(cause)}") from None
+        failures = getattr(error, "worker_failures", None)
+        dead = died(failures or {})
+        if failures and not dead:
+            raise
+        if not dead:  # the Train controller failed
+            raise RaylaneError(
+                f"training run {config.name!r} failed: {first_line(error)}"
+            ) from None
+        raise RaylaneError(
+            f"training run {config.name!r} failed: training worker {', '.join(map(str, dead))} "
+            f"died, after {config.train.max_failures} restart(s) (train.max_failures); running "
+            "the same command again resumes from the newest complete checkpoint"
+        ) from None
 
 
-def summarize(result, config: JobConfig, storage: Storage, seconds: float) -> TrainingSummary:
-    best = None
-    if result.best_checkpoints:
-        pick = max if config.train.mode == "max" else min
-        best = pick(result.best_checkpoints, key=lambda pair: pair[1][config.train.metric])
-    metrics = dict(best[1]) if best else dict(result.metrics or {})
-    key = storage.key_from_arrow_path(best[0].path) if best else None
+def summarize(config: JobConfig, storage: Storage, run_key: str, seconds: float):
+    """The run's summary from storage: its best complete checkpoint by the configured metric."""
+    train = config.train
+    order = runs.ranked(storage, run_key, metric=train.metric, mode=train.mode)
+    best, meta = order[0] if order else (None, {})
+    last = max((checkpoint.epoch for checkpoint, _ in order), default=0)
     return TrainingSummary(
         run_name=config.name,
-        metrics=_plain(metrics),
-        best_checkpoint_key=key,
-        best_checkpoint_uri=storage.uri_for(key) if key else None,
-        epochs=int((result.metrics or {}).get("epoch", metrics.get("epoch", 0))),
+        metrics=_plain(meta.get("metrics", {})),
+        best_checkpoint_key=best.key if best else None,
+        best_checkpoint_uri=storage.uri_for(best.key) if best else None,
+        epochs=last,
         seconds=round(seconds, 1),
         config=config.model_dump(mode="json"),
     )

@@ -1,22 +1,22 @@
 """The per-worker training loop: the only module that calls `ray.train.*`.
 
 Ray Train runs `train_loop_per_worker` on every worker, with one `LoopConfig`: the typed job
-config and the dataset facts, validated once on the driver and handed over as an object. Each epoch a worker trains on its own
-shard of the training set, evaluates its shard of the validation set, and rank 0 combines the
-predictions of all ranks into one set of metrics. Every `checkpoint_every` epochs rank 0 writes
-a checkpoint (the contract in workloads/checkpoint.py) that Ray Train uploads to storage; after a worker failure or
-a re-run with the same name, `ray.train.get_checkpoint()` hands back the latest one and the
-loop continues from the epoch after it. With tracking on, rank 0 also logs each epoch's metrics
-to the run's MLflow run (workloads/tracking.py); with it off, nothing of MLflow is loaded.
+config and the dataset facts, validated once on the driver and handed over as an object. Each
+epoch a worker trains on its own shard of the training set and rank 0 evaluates the whole
+validation set. Every `checkpoint_every` epochs rank 0 writes a checkpoint (the contract in
+workloads/checkpoint.py) and uploads it to storage itself, before the epoch is reported or, with
+`train.checkpoint_upload=async`, while training goes on; after a worker failure or a re-run
+with the same name the loop continues from the newest complete checkpoint in storage.
+workloads/recovery.py has the how and the why; a storage failure ends the function on every
+rank with its message as the return value, which the driver prints. With tracking on, rank 0
+also logs each epoch's metrics to the run's MLflow run (workloads/tracking.py); with it off,
+nothing of MLflow is loaded.
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import math
-import os
-import socket
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -27,7 +27,6 @@ import torch
 import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from cluster.storage import Storage
 from workloads import sharding
 from workloads.checkpoint import (
     InputSpec,
@@ -42,6 +41,13 @@ from workloads.checkpoint import (
 )
 from workloads.config import JobConfig, TrainConfig
 from workloads.models import build_model
+from workloads.recovery import (
+    StorageFailed,
+    Uploads,
+    announce_start,
+    newest_checkpoint,
+    together,
+)
 from workloads.step import classification_metrics, predict_logits, train_step
 from workloads.tracking import EpochLogger, TrackedRun
 from workloads.trust import CodePolicy
@@ -59,6 +65,7 @@ class LoopConfig:
     run_key: str  # <runs prefix>/<run name>
     data_fingerprint: str
     data_uri: str
+    launch: str  # one id per run_training call: tells a restart from a re-run (recovery.py)
     tracked_run: TrackedRun | None = None  # the MLflow run rank 0 logs to; None: tracking off
 
     def meta(self, *, epoch: int, metrics: dict) -> dict:
@@ -69,9 +76,22 @@ class LoopConfig:
         )  # fmt: skip
 
 
-def train_loop_per_worker(train_loop_config: dict) -> None:
-    loop: LoopConfig = train_loop_config["loop"]
+def train_loop_per_worker(train_loop_config: dict) -> dict | None:
+    """Train; None when done, or {"storage_error": message} when storage failed for good
+    (rank 0's return value reaches the driver as `Result.return_value`)."""
+    try:
+        run_epochs(train_loop_config["loop"])
+    except StorageFailed as failure:
+        return {"storage_error": str(failure)}
+    return None
+
+
+def run_epochs(loop: LoopConfig) -> None:
     job = loop.job
+    # Ray Train's worker logging sends the root logger's INFO records to the console: a second
+    # copy of every print (its print patch also prints), and a line per report from a Ray
+    # module that logs through the root logger. At WARNING each progress line shows once.
+    logging.getLogger().setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank = context.get_world_rank()
     torch.manual_seed(job.train.seed)
@@ -86,10 +106,9 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
     model = wrap_model(model, job.train, device=device, dtype=autocast_dtype)
     optimizer = make_optimizer(model, job.train)
     scheduler = make_scheduler(optimizer, job.train)
-    start_epoch = restore(model, optimizer, scheduler, scaler, job.train.strategy)
-    nodes = gather(ray.get_runtime_context().get_node_id())
-    if rank == 0:
-        record_attempt(loop, start_epoch, nodes)
+    start_epoch = restore(loop, model, optimizer, scheduler, scaler, rank=rank)
+    announce_start(loop, start_epoch, rank=rank)
+    uploads = Uploads(loop, background=job.train.checkpoint_upload == "async")
 
     collate = Collate(loop.input_spec)
     cache_bytes = int(job.train.cache_shard_mb * 2**20)
@@ -140,9 +159,10 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
         }
         # Before the report: once Tune has it, ASHA may end this process at any moment.
         log_epoch(metrics, step=epoch)
-        report(metrics, loop, model, optimizer, scheduler, scaler, rank)
+        report(metrics, loop, model, optimizer, scheduler, scaler, rank, uploads)
         if gauges:
             gauges.update(metrics)
+    together(lambda: uploads.finish() if rank == 0 else None)  # the last one is whole, or said
 
 
 # Ray Data costs about 0.3 ms of Python per batch it hands over (slicing blocks, the shuffle
@@ -295,15 +315,14 @@ def wrap_model(model: torch.nn.Module, train: TrainConfig, *, device, dtype) -> 
     return ray.train.torch.prepare_model(model)
 
 
-def restore(model, optimizer, scheduler, scaler, strategy: str) -> int:
-    """Load the latest checkpoint if Ray Train has one; returns the epochs already done."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0
-    with checkpoint.as_directory() as directory:
+def restore(loop: LoopConfig, model, optimizer, scheduler, scaler, *, rank: int) -> int:
+    """Load the run's newest complete checkpoint, if any; returns the epochs already done."""
+    with newest_checkpoint(loop, rank=rank) as (epoch, directory):
+        if directory is None:
+            return 0
         weights = load_weights(directory)
         state = load_train_state(directory) or {}
-    if strategy == "fsdp":  # every rank reads the whole state and keeps its shard
+    if loop.job.train.strategy == "fsdp":  # every rank reads the whole state and keeps its shard
         sharding.load_full_state(model, optimizer, weights, state.get("optimizer"))
     else:
         unwrap(model).load_state_dict(weights)
@@ -315,34 +334,7 @@ def restore(model, optimizer, scheduler, scaler, strategy: str) -> int:
         scaler.load_state_dict(state["scaler"])
     if "rng" in state:
         torch.set_rng_state(state["rng"])
-    return int(state.get("epoch", 0))
-
-
-def gather(value) -> list:
-    """`value` from every rank, in rank order (small picklable values only, never weights)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return [value]
-    values = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
-
-
-def record_attempt(loop: LoopConfig, start_epoch: int, nodes: list[str]) -> None:
-    """Leave a trace of each (re)start in storage: `<run>/attempts/<time>.json`."""
-    storage = Storage(loop.storage_uri)
-    name = loop.job.name
-    stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
-    storage.write_json(
-        f"{loop.run_key}/attempts/{stamp}.json",
-        {
-            "start_epoch": start_epoch,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "nodes": nodes,
-        },  # Ray node of each rank, in rank order
-    )
-    if start_epoch:
-        print(f"[{name}] resuming from the checkpoint of epoch {start_epoch}", flush=True)
+    return epoch
 
 
 def evaluate(model, data: EpochData, autocast_dtype, device) -> dict[str, float]:
@@ -373,20 +365,20 @@ def all_reduce_sum(value: float, device) -> float:
     return float(tensor.item())
 
 
-def report(metrics, loop: LoopConfig, model, optimizer, scheduler, scaler, rank: int) -> None:
-    """Report metrics every epoch; rank 0 adds a checkpoint every `checkpoint_every` epochs."""
+def report(metrics, loop: LoopConfig, model, optimizer, scheduler, scaler, rank: int,
+           uploads: Uploads) -> None:  # fmt: skip
+    """Report metrics every epoch; every `checkpoint_every` epochs (and after the last) rank 0
+    first writes a checkpoint and hands it to `uploads`: a sync upload is whole in storage
+    before the epoch is reported. Ray Train gets metrics only (workloads/runs.py says why)."""
     job, epoch = loop.job, metrics["epoch"]
-    due = epoch % job.train.checkpoint_every == 0 or epoch == job.train.epochs
-    upload = job.train.checkpoint_upload
-    weights, optimizer_state = None, None
-    if due and job.train.strategy == "fsdp":  # a collective: every rank gathers, rank 0 keeps
-        weights, optimizer_state = sharding.full_state(model, optimizer)
-    elif due and rank == 0:
-        optimizer_state = optimizer.state_dict()
-    with contextlib.ExitStack() as stack:
-        checkpoint = None
-        if due and rank == 0:
-            directory = checkpoint_directory(stack, upload)
+    if epoch % job.train.checkpoint_every == 0 or epoch == job.train.epochs:
+        weights, optimizer_state = None, None
+        if job.train.strategy == "fsdp":  # a collective: every rank gathers, rank 0 keeps
+            weights, optimizer_state = sharding.full_state(model, optimizer)
+        elif rank == 0:
+            optimizer_state = optimizer.state_dict()
+
+        def write(directory: str) -> None:
             save_checkpoint(
                 directory,
                 model=model,
@@ -400,24 +392,13 @@ def report(metrics, loop: LoopConfig, model, optimizer, scheduler, scaler, rank:
                     "scaler": scaler.state_dict() if scaler is not None else {},
                 },
             )
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(
-            metrics,
-            checkpoint=checkpoint,
-            checkpoint_dir_name=f"checkpoint-epoch-{epoch:04d}" if due else None,
-            checkpoint_upload_mode=ray.train.CheckpointUploadMode[upload.upper()],
-        )
+
+        path = together(lambda: uploads.put(epoch, write) if rank == 0 else None)
+        if rank == 0:
+            metrics = {**metrics, "checkpoint_path": path}  # what Tune ranks (tune/report.py)
+    ray.train.report(metrics)
     if rank == 0:
         print(format_progress(job, metrics), flush=True)
-
-
-def checkpoint_directory(stack: contextlib.ExitStack, upload: str) -> str:
-    """A temporary directory for one checkpoint that outlives its upload: removed when report()
-    returns after a sync upload; after an async one, Ray Train's upload thread deletes it once
-    the upload is done (delete_local_checkpoint_after_upload defaults to True for ASYNC)."""
-    if upload == "async":
-        return tempfile.mkdtemp(prefix="raylane-ckpt-")
-    return stack.enter_context(tempfile.TemporaryDirectory(prefix="raylane-ckpt-"))
 
 
 def format_progress(job: JobConfig, m: dict) -> str:

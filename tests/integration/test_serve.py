@@ -33,6 +33,8 @@ from helpers import (
     digits_data,
     is_loopback,
     listening_sockets,
+    metric_sum,
+    scrape_metrics,
     wait_for,
 )
 from hypothesis import HealthCheck, given, settings
@@ -367,22 +369,6 @@ def test_a_25_mb_body_gets_its_413_even_by_a_client_that_sends_it_all_first(serv
 
 
 # ---------------------------------------------------------------------- batching + metrics
-
-
-def scrape_metrics() -> str:
-    import ray
-
-    port = ray.nodes()[0]["MetricsExportPort"]
-    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus series' samples whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.mark.integration
