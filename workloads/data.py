@@ -11,7 +11,10 @@ half-written dataset is never used. A user dataset is any Parquet file or direct
 
 Training never loads the data on the driver: Ray Data reads the Parquet, splits train and
 validation by a hash of each row's features (deterministic, no shuffle of the whole set), and
-each worker iterates its own shard with `iter_torch_batches`.
+each worker iterates its own shard with `iter_torch_batches`. Before any worker starts, a bad
+dataset is refused in one line (workloads/datacheck.py): feature types and labels here, from
+the schema and the label column; NaN or infinite features in the pass that measures the
+normalization (`check_and_normalize`).
 """
 
 from __future__ import annotations
@@ -26,13 +29,18 @@ from cluster.errors import DataError
 from cluster.storage import Storage
 from workloads.checkpoint import InputSpec, encode_labels, stack_features
 from workloads.config import DataConfig
+from workloads.datacheck import (
+    DATA_TASK_CPUS,
+    check_feature_types,
+    check_labels,
+    check_values,
+    is_list,
+    scan_features,
+)
 from workloads.datasets import DATASETS
 
 MANIFEST = "dataset.json"
 ROWS_PER_PART = 100_000
-# Ray Data tasks ask for a fraction of a CPU so they can run beside fractional training
-# workers and concurrent trials on a small machine instead of waiting for a whole core.
-DATA_TASK_CPUS = 0.25
 
 
 @dataclass
@@ -150,9 +158,13 @@ def inspect_parquet(config: DataConfig) -> DatasetInfo:
         )
     shape = _feature_shape(config, schema, dataset)
     labels = dataset.to_table(columns=[config.label_column]).column(0)
-    values = [v for v in pa.compute.unique(labels).to_pylist() if v is not None]
+    check_labels(config.label_column, labels)
+    values = pa.compute.unique(labels).to_pylist()
     if len(values) < 2:
-        raise DataError(f"label column {config.label_column!r} has {len(values)} class(es)")
+        raise DataError(
+            f"label column {config.label_column!r} has {len(values)} class(es); a classifier "
+            "needs at least 2: check data.label_column"
+        )
     if all(isinstance(v, int) for v in values):
         values = sorted(values)
         encoding = "index" if values == list(range(len(values))) else "names"
@@ -198,18 +210,16 @@ def parquet_files(fs, path: str) -> list[str]:
 
 
 def _feature_shape(config: DataConfig, schema: pa.Schema, dataset) -> list[int]:
-    types = [schema.field(c).type for c in config.feature_columns]
-    if len(types) == 1 and (pa.types.is_list(types[0]) or pa.types.is_fixed_size_list(types[0])):
-        first = dataset.head(1, columns=config.feature_columns).column(0)[0].as_py()
-        return [len(first)]
-    bad = [c for c, t in zip(config.feature_columns, types, strict=True) if not _numeric(t)]
-    if bad:
-        raise DataError(f"feature column(s) {', '.join(bad)} are not numeric; use numbers")
-    return [len(types)]
-
-
-def _numeric(type_: pa.DataType) -> bool:
-    return pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_boolean(type_)
+    check_feature_types(config, schema)
+    column = schema.field(config.feature_columns[0])
+    if len(config.feature_columns) > 1 or not is_list(column.type):
+        return [len(config.feature_columns)]
+    if pa.types.is_fixed_size_list(column.type):
+        return [column.type.list_size]
+    first = dataset.head(1, columns=[column.name]).column(0)[0].as_py()
+    if first is None:
+        raise DataError(f"feature column {column.name!r} is empty (null) in its first row")
+    return [len(first)]
 
 
 def data_uri(config: DataConfig, info: DatasetInfo) -> str:
@@ -310,18 +320,18 @@ def _row_hash(features: np.ndarray) -> np.ndarray:
     return hashes.astype(np.int64)
 
 
-def compute_normalization(train, info: DatasetInfo) -> dict | None:
-    """Mean/std of float features over the training split (one scalar pair for images)."""
+def check_and_normalize(train, validation, info: DatasetInfo, *, normalize: bool) -> dict | None:
+    """Refuse NaN, infinite or missing feature values in either split (workloads/datacheck.py);
+    return the training split's mean/std when asked (one scalar pair for images). Integer
+    (token) features can hold neither, and are not normalized."""
     if info.feature_dtype != "float32":
         return None
-
-    def moments(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = stack_features(batch, info.feature_columns).astype(np.float64)
-        return {"n": np.array([len(x)]), "s": x.sum(0)[None], "q": (x * x).sum(0)[None]}
-
-    parts = train.map_batches(moments, batch_format="numpy", num_cpus=DATA_TASK_CPUS).take_all()
-    n = sum(p["n"] for p in parts)
-    total, squares = sum(p["s"] for p in parts), sum(p["q"] for p in parts)
+    stats = scan_features(train, info)
+    check_values(stats, info, split="training")
+    check_values(scan_features(validation, info), info, split="validation")
+    if not normalize:
+        return None
+    n, total, squares = stats["n"], stats["s"], stats["q"]
     if info.kind == "image":  # per-pixel stats would divide constant border pixels by ~0
         n, total, squares = n * total.size, total.sum(keepdims=True), squares.sum(keepdims=True)
     mean = total / n
