@@ -23,6 +23,7 @@ from workloads.config import load_job_config
 from workloads.data import resolve
 from workloads.models import build_model, model_spec
 from workloads.runs import checkpoint_key
+from workloads.trust import CodePolicy
 
 ROWS = 60
 RAYLANE = str(Path(sys.executable).parent / "raylane")
@@ -114,7 +115,9 @@ def earlier_run(storage, tmp_path, name: str, *, hidden: list[int], fingerprint:
         data_fingerprint=fingerprint or info.fingerprint, data_uri="s3://elsewhere/data",
         epoch=1, metrics={"val_accuracy": 0.5},
     )  # fmt: skip
-    directory = save_checkpoint(tmp_path / "earlier", model=build_model(spec), meta=meta)
+    directory = save_checkpoint(
+        tmp_path / "earlier", model=build_model(spec, policy=CodePolicy.CONFIGURED), meta=meta
+    )
     upload_checkpoint(storage, directory, checkpoint_key(f"runs/{name}", 1))
 
 
