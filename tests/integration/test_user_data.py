@@ -1,4 +1,6 @@
-"""A user's own Parquet dataset in S3: named scalar feature columns and string labels."""
+"""A user's own Parquet dataset in S3: named scalar feature columns and string labels, and
+feature values that are refused before any training worker starts (the other bad-data cases,
+found without Ray, are in tests/unit/test_bad_data.py)."""
 
 from __future__ import annotations
 
@@ -16,15 +18,22 @@ from workloads.data import inspect_parquet
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def user_parquet(s3_storage) -> str:
+def write_cancer(storage, key: str, *, f7: dict | None = None) -> str:
+    """The breast-cancer data as a user's Parquet file; `f7` ({row: value}) replaces values."""
     raw = load_breast_cancer()
     columns = {f"f{i}": raw.data[:, i] for i in range(raw.data.shape[1])}
+    changed = f7 or {}
+    columns["f7"] = pa.array([changed.get(i, v) for i, v in enumerate(columns["f7"])])
     columns["diagnosis"] = [str(raw.target_names[t]) for t in raw.target]
     buffer = io.BytesIO()
     pq.write_table(pa.table(columns), buffer)
-    s3_storage.write_bytes("mydata/cancer.parquet", buffer.getvalue())
-    return s3_storage.uri_for("mydata/cancer.parquet")
+    storage.write_bytes(key, buffer.getvalue())
+    return storage.uri_for(key)
+
+
+@pytest.fixture
+def user_parquet(s3_storage) -> str:
+    return write_cancer(s3_storage, "mydata/cancer.parquet")
 
 
 def overrides(path: str, features: str = "[" + ", ".join(f"f{i}" for i in range(30)) + "]"):
@@ -102,3 +111,20 @@ def test_named_columns_train_register_serve_and_answer_records(
             assert 'instances[1] lacks "f7"' in refused.json()["error"]
     finally:
         ray_serve.shutdown()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_nan_infinite_or_missing_features_are_refused_before_any_worker_starts(
+    ray_session, s3_storage, bad
+):
+    from workloads.train import run_training
+
+    path = write_cancer(s3_storage, "mydata/bad.parquet", f7={13: bad})
+    config = load_job_config("tabular-mlp", overrides(path))
+    expected = (
+        r"feature column 'f7' has 1 NaN, infinite or missing value\(s\) in the "
+        r"(training|validation) split: drop those rows or fill them in"
+    )
+    with pytest.raises(DataError, match=expected):
+        run_training(config, s3_storage, verbose=False)
+    assert s3_storage.list("runs") == []  # no worker started, nothing recorded

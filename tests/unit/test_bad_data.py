@@ -144,7 +144,6 @@ def test_a_run_name_with_other_data_or_model_is_not_resumed(
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--set", "data.validation_fraction=1.5"], "data.validation_fraction: Input should be"),
         (["--set", "data.feature_columns=[a, city]"], "feature column(s) 'city' (text)"),
         (["--set", "data.feature_columns=[a, b]", "--set", "data.label_column=nanlabel"],
          "label column 'nanlabel' is empty (null or NaN)"),
