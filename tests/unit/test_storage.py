@@ -49,6 +49,8 @@ def test_storage_that_does_not_answer_is_retried_with_backoff_then_named(monkeyp
     from cluster.s3server import free_port
 
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    for name in ("AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)  # another test's profile must not be read
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
