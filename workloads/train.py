@@ -216,8 +216,9 @@ def prepare_data(
 
 
 def fit(trainer, config: JobConfig):
-    """trainer.fit(). Workers that died more often than train.max_failures become one line; any
-    other worker failure is a bug and keeps the traceback Ray Train puts in its message."""
+    """trainer.fit(). Workers that died more often than train.max_failures, and raylane's own
+    user-facing errors raised in a worker, become one line; any other worker failure is a bug
+    and keeps the traceback Ray Train puts in its message."""
     from ray.train import TrainingFailedError
 
     from workloads.recovery import died
@@ -225,8 +226,11 @@ def fit(trainer, config: JobConfig):
     try:
         return trainer.fit()
     except TrainingFailedError as error:
-        failures = getattr(error, "worker_failures", None)
-        dead = died(failures or {})
+        failures = getattr(error, "worker_failures", None) or {}
+        dead = died(failures)
+        told = [e for e in failures.values() if isinstance(e, RaylaneError)]
+        if told and not dead:
+            raise RaylaneError(f"training run {config.name!r} failed: {told[0]}") from None
         if failures and not dead:
             raise
         if not dead:  # the Train controller failed

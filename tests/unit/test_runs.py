@@ -92,3 +92,34 @@ def test_attempts_count_the_restarts_of_one_launch(local_storage):
         local_storage.read_json(k)["start_epoch"] for k in local_storage.list(f"{RUN}/attempts")
     ]
     assert starts == [0, 2, 3]  # file names sort by time
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_uploads_are_whole_once_finished_and_leave_no_local_copy(local_storage, background):
+    import glob
+    import tempfile
+    from types import SimpleNamespace
+
+    from workloads.recovery import Uploads
+
+    def leftovers() -> set[str]:
+        return set(glob.glob(f"{tempfile.gettempdir()}/raylane-ckpt-*"))
+
+    train = SimpleNamespace(keep_checkpoints=1, metric="val_accuracy", mode="max")
+    loop = SimpleNamespace(
+        storage_uri=local_storage.uri, run_key=RUN, job=SimpleNamespace(train=train)
+    )
+    uploads, before = Uploads(loop, background=background), leftovers()
+    for epoch, accuracy in ((1, 0.9), (2, 0.5), (3, 0.7)):
+
+        def write(directory, accuracy=accuracy):
+            meta = {"metrics": {"val_accuracy": accuracy}}
+            save_checkpoint(directory, model=torch.nn.Linear(2, 2), meta=meta)
+
+        path = uploads.put(epoch, write)
+        assert path == local_storage.arrow_path(checkpoint_key(RUN, epoch))
+    uploads.finish()
+
+    stored = stored_checkpoints(local_storage, RUN)
+    assert [(c.epoch, c.complete) for c in stored] == [(1, True), (3, True)]  # best and newest
+    assert leftovers() <= before
