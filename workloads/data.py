@@ -327,8 +327,8 @@ def check_and_normalize(train, validation, info: DatasetInfo, *, normalize: bool
     if info.feature_dtype != "float32":
         return None
     stats = scan_features(train, info)
-    check_values(stats, info, split="training")
-    check_values(scan_features(validation, info), info, split="validation")
+    check_values(stats, info.feature_columns, split="training")
+    check_values(scan_features(validation, info), info.feature_columns, split="validation")
     if not normalize:
         return None
     n, total, squares = stats["n"], stats["s"], stats["q"]

@@ -4,7 +4,8 @@ one line that names the column and the fix, instead of training on it or crashin
     check_feature_types(config, schema)      # driver, from the Parquet schema
     check_labels("diagnosis", labels)        # driver, on the label column it reads anyway
     stats = scan_features(train, info)       # Ray Data, one pass over a split
-    check_values(stats, info, split="training")
+    check_values(stats, info.feature_columns, split="training")
+    check_values(feature_stats(batch, ["a", "b"]), ["a", "b"], split="training")   # no Ray
 
 What each check stops (seen before they existed): a null label became class index
 -9223372036854775808 and failed 35 s into training with an IndexError; a NaN label trained as a
@@ -75,27 +76,31 @@ def check_labels(name: str, labels: pa.ChunkedArray) -> None:
 
 
 def scan_features(dataset, info) -> dict[str, np.ndarray]:
-    """One Ray Data pass over a split: rows `n`, per-feature sums `s` and squares `q` of the
-    finite values, and per-feature counts `bad` of NaN, infinite or missing values."""
-
-    def moments(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = stack_features(batch, info.feature_columns).astype(np.float64)
-        bad = ~np.isfinite(x)
-        x = np.where(bad, 0.0, x)
-        return {"n": np.array([len(x)]), "s": x.sum(0)[None], "q": (x * x).sum(0)[None],
-                "bad": bad.sum(0)[None]}  # fmt: skip
-
-    parts = dataset.map_batches(moments, batch_format="numpy", num_cpus=DATA_TASK_CPUS).take_all()
+    """One Ray Data pass over a split: `feature_stats` of each batch, summed."""
+    columns = info.feature_columns
+    parts = dataset.map_batches(
+        feature_stats, fn_kwargs={"columns": columns}, batch_format="numpy",
+        num_cpus=DATA_TASK_CPUS,
+    ).take_all()  # fmt: skip
     return {key: sum(part[key] for part in parts) for key in ("n", "s", "q", "bad")}
 
 
-def check_values(stats: dict[str, np.ndarray], info, *, split: str) -> None:
+def feature_stats(batch: dict[str, np.ndarray], columns) -> dict[str, np.ndarray]:
+    """Rows `n`, per-feature sums `s` and squares `q` of the finite values, and per-feature
+    counts `bad` of NaN, infinite or missing values (a null reaches numpy as NaN)."""
+    x = stack_features(batch, columns).astype(np.float64)
+    bad = ~np.isfinite(x)
+    x = np.where(bad, 0.0, x)
+    return {"n": np.array([len(x)]), "s": x.sum(0)[None], "q": (x * x).sum(0)[None],
+            "bad": bad.sum(0)[None]}  # fmt: skip
+
+
+def check_values(stats: dict[str, np.ndarray], columns, *, split: str) -> None:
     """Refuse NaN, infinite or missing feature values, naming the column (and the position in
     a list column)."""
     bad = np.flatnonzero(stats["bad"])
     if not len(bad):
         return
-    columns = info.feature_columns
     if len(columns) == 1:
         where = f"feature column {columns[0]!r} (position {int(bad[0])} of its lists)"
     else:

@@ -2,7 +2,8 @@
 or setting and the fix: through `run_training` (which must not get as far as connecting to
 Ray) and through the `raylane train` command (exit code 2, no traceback).
 
-NaN and infinite feature values are found by a Ray Data pass: tests/integration/test_user_data.py.
+NaN, infinite and missing feature values are found by a Ray Data pass over each split; the check
+of one batch is tested here, the whole pass in tests/integration/test_user_data.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cluster.errors import ConfigError, DataError
 from workloads.checkpoint import build_meta, save_checkpoint, upload_checkpoint
 from workloads.config import load_job_config
 from workloads.data import resolve
+from workloads.datacheck import check_values, feature_stats
 from workloads.models import build_model, model_spec
 from workloads.runs import checkpoint_key
 from workloads.trust import CodePolicy
@@ -103,6 +105,27 @@ def test_bad_data_is_refused_in_one_line_before_ray_starts(case, tmp_path, local
     with pytest.raises(DataError) as caught:
         run_training(parquet_job(tmp_path, data, features), local_storage, verbose=False)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), None])
+def test_nan_infinite_or_missing_feature_values_are_named_by_column(bad):
+    b = pa.array(with_one(table().column("b").to_pylist(), bad), pa.float64())
+    # A null reaches a Ray Data numpy batch as NaN, as it does here.
+    batch = {"a": table()["a"].to_numpy(), "b": b.to_numpy(zero_copy_only=False)}
+    with pytest.raises(DataError) as caught:
+        check_values(feature_stats(batch, ["a", "b"]), ["a", "b"], split="training")
+    assert str(caught.value).startswith(
+        "feature column 'b' has 1 NaN, infinite or missing value(s) in the training split: drop "
+        "those rows or fill them in"
+    )
+
+
+def test_a_list_feature_column_names_the_position_of_a_nan():
+    rows = np.zeros((ROWS, 4))
+    rows[3, 2] = np.nan
+    stats = feature_stats({"pixels": rows}, ["pixels"])
+    with pytest.raises(DataError, match=r"feature column 'pixels' \(position 2 of its lists\)"):
+        check_values(stats, ["pixels"], split="validation")
 
 
 def earlier_run(storage, tmp_path, name: str, *, hidden: list[int], fingerprint: str | None = None):
