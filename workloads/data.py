@@ -295,7 +295,7 @@ def _tagged_rows(uri: str, columns: list[str], feature_columns):
     """The rows of `uri` with a `_bucket` column: the hash that assigns each row its split."""
 
     def split_column(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch["_bucket"] = _row_hash(stack_features(batch, feature_columns))
+        batch["_bucket"] = row_hashes(batch, feature_columns)
         return batch
 
     dataset = _read_parquet(uri, columns)
@@ -308,6 +308,17 @@ def count_rows(uri: str) -> int:
 
     fs, path = Storage.from_uri(uri).arrow_filesystem()
     return pads.dataset(parquet_files(fs, path), filesystem=fs, format="parquet").count_rows()
+
+
+def row_hashes(batch: dict[str, np.ndarray], feature_columns) -> np.ndarray:
+    """Each row's split hash. A list column with a null row or rows of several lengths cannot be
+    stacked: its rows are hashed one by one (the same hashes), a null one as 0, so that the
+    data check refuses them in one line (workloads/datacheck.py) instead of np.stack failing."""
+    try:
+        return _row_hash(stack_features(batch, feature_columns))
+    except ValueError:
+        rows = batch[feature_columns[0]]
+        return np.array([0 if v is None else _row_hash(np.asarray(v)[None])[0] for v in rows])
 
 
 def _row_hash(features: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ one line that names the column and the fix, instead of training on it or crashin
     check_labels("diagnosis", labels)        # driver, on the label column it reads anyway
     stats = scan_features(train, info)       # Ray Data, one pass over a split
     check_values(stats, info.feature_columns, split="training")
-    check_values(feature_stats(batch, ["a", "b"]), ["a", "b"], split="training")   # no Ray
+    check_values(feature_stats(batch, ["a", "b"], 2), ["a", "b"], split="training")  # no Ray
 
 What each check stops (seen before they existed): a null label became class index
 -9223372036854775808 and failed 35 s into training with an IndexError; a NaN label trained as a
@@ -77,27 +77,43 @@ def check_labels(name: str, labels: pa.ChunkedArray) -> None:
 
 def scan_features(dataset, info) -> dict[str, np.ndarray]:
     """One Ray Data pass over a split: `feature_stats` of each batch, summed."""
-    columns = info.feature_columns
+    width = int(np.prod(info.feature_shape))
     parts = dataset.map_batches(
-        feature_stats, fn_kwargs={"columns": columns}, batch_format="numpy",
-        num_cpus=DATA_TASK_CPUS,
+        feature_stats, fn_kwargs={"columns": info.feature_columns, "width": width},
+        batch_format="numpy", num_cpus=DATA_TASK_CPUS,
     ).take_all()  # fmt: skip
-    return {key: sum(part[key] for part in parts) for key in ("n", "s", "q", "bad")}
+    return {key: sum(part[key] for part in parts) for key in STATS}
 
 
-def feature_stats(batch: dict[str, np.ndarray], columns) -> dict[str, np.ndarray]:
-    """Rows `n`, per-feature sums `s` and squares `q` of the finite values, and per-feature
-    counts `bad` of NaN, infinite or missing values (a null reaches numpy as NaN)."""
+STATS = ("n", "s", "q", "bad", "ragged")
+
+
+def feature_stats(batch: dict[str, np.ndarray], columns, width: int) -> dict[str, np.ndarray]:
+    """Rows `n`, per-feature sums `s` and squares `q` of the finite values, per-feature counts
+    `bad` of NaN, infinite or missing values (a null reaches numpy as NaN), and `ragged`: rows
+    of a list column that are null or not `width` numbers long (np.stack would fail on them)."""
+    values = batch[columns[0]]
+    ragged = np.zeros(len(values), bool)
+    if len(columns) == 1 and values.dtype == object:
+        ragged = np.array([v is None or np.size(v) != width for v in values], bool)
+        batch = {columns[0]: np.array([np.full(width, np.nan) if r else v
+                                       for v, r in zip(values, ragged, strict=True)])}  # fmt: skip
     x = stack_features(batch, columns).astype(np.float64)
-    bad = ~np.isfinite(x)
-    x = np.where(bad, 0.0, x)
+    bad = ~np.isfinite(x) & ~ragged[:, None]
+    x = np.where(bad | ragged[:, None], 0.0, x)
     return {"n": np.array([len(x)]), "s": x.sum(0)[None], "q": (x * x).sum(0)[None],
-            "bad": bad.sum(0)[None]}  # fmt: skip
+            "bad": bad.sum(0)[None], "ragged": np.array([ragged.sum()])}  # fmt: skip
 
 
 def check_values(stats: dict[str, np.ndarray], columns, *, split: str) -> None:
     """Refuse NaN, infinite or missing feature values, naming the column (and the position in
-    a list column)."""
+    a list column), and list rows that are null or of another length."""
+    if stats["ragged"].sum():
+        raise DataError(
+            f"feature column {columns[0]!r} has {int(stats['ragged'].sum())} row(s) in the "
+            f"{split} split that are null or not {stats['s'].size} numbers long: drop or fix "
+            "those rows before training"
+        )
     bad = np.flatnonzero(stats["bad"])
     if not len(bad):
         return

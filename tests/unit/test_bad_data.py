@@ -21,7 +21,7 @@ import pytest
 from cluster.errors import ConfigError, DataError
 from workloads.checkpoint import build_meta, save_checkpoint, upload_checkpoint
 from workloads.config import load_job_config
-from workloads.data import resolve
+from workloads.data import resolve, row_hashes
 from workloads.datacheck import check_values, feature_stats
 from workloads.models import build_model, model_spec
 from workloads.runs import checkpoint_key
@@ -113,7 +113,7 @@ def test_nan_infinite_or_missing_feature_values_are_named_by_column(bad):
     # A null reaches a Ray Data numpy batch as NaN, as it does here.
     batch = {"a": table()["a"].to_numpy(), "b": b.to_numpy(zero_copy_only=False)}
     with pytest.raises(DataError) as caught:
-        check_values(feature_stats(batch, ["a", "b"]), ["a", "b"], split="training")
+        check_values(feature_stats(batch, ["a", "b"], 2), ["a", "b"], split="training")
     assert str(caught.value).startswith(
         "feature column 'b' has 1 NaN, infinite or missing value(s) in the training split: drop "
         "those rows or fill them in"
@@ -123,9 +123,29 @@ def test_nan_infinite_or_missing_feature_values_are_named_by_column(bad):
 def test_a_list_feature_column_names_the_position_of_a_nan():
     rows = np.zeros((ROWS, 4))
     rows[3, 2] = np.nan
-    stats = feature_stats({"pixels": rows}, ["pixels"])
+    stats = feature_stats({"pixels": rows}, ["pixels"], 4)
     with pytest.raises(DataError, match=r"feature column 'pixels' \(position 2 of its lists\)"):
         check_values(stats, ["pixels"], split="validation")
+
+
+@pytest.mark.parametrize("row", [None, [1.0, 2.0, 3.0]])
+def test_a_null_or_wrongly_sized_list_row_is_refused_not_crashed_on(row):
+    rng = np.random.default_rng(1)
+    rows = np.empty(ROWS, object)
+    rows[:] = list(rng.normal(size=(ROWS, 4)))
+    whole = row_hashes({"pixels": rows}, ["pixels"])
+    rows[5] = row
+    # The split still works (the other rows keep their hashes), so the check gets to say it.
+    assert np.array_equal(
+        np.delete(row_hashes({"pixels": rows}, ["pixels"]), 5), np.delete(whole, 5)
+    )
+    stats = feature_stats({"pixels": rows}, ["pixels"], 4)
+    with pytest.raises(DataError) as caught:
+        check_values(stats, ["pixels"], split="training")
+    assert str(caught.value).startswith(
+        "feature column 'pixels' has 1 row(s) in the training split that are null or not 4 "
+        "numbers long: drop or fix those rows"
+    )
 
 
 def earlier_run(storage, tmp_path, name: str, *, hidden: list[int], fingerprint: str | None = None):
