@@ -108,9 +108,9 @@ def feature_stats(batch: dict[str, np.ndarray], columns, width: int) -> dict[str
 def check_values(stats: dict[str, np.ndarray], columns, *, split: str) -> None:
     """Refuse NaN, infinite or missing feature values, naming the column (and the position in
     a list column), and list rows that are null or of another length."""
-    if stats["ragged"].sum():
+    if np.sum(stats["ragged"]):
         raise DataError(
-            f"feature column {columns[0]!r} has {int(stats['ragged'].sum())} row(s) in the "
+            f"feature column {columns[0]!r} has {int(np.sum(stats['ragged']))} row(s) in the "
             f"{split} split that are null or not {stats['s'].size} numbers long: drop or fix "
             "those rows before training"
         )

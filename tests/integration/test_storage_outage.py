@@ -40,9 +40,10 @@ def newest_whole(storage: Storage) -> int:
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
-    """A SeaweedFS of this test's own; this process's Storage talks to it."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "outage-test-key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "outage-test-secret")
+    """A SeaweedFS of this test's own; this process's Storage (and `raylane train`) reach it
+    through the credentials file and profile it exports, as after `raylane storage up`."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)  # keys in the environment would win
     server = S3Server(tmp_path / "s3", port=free_port(), bucket="outage")
     for name, value in server.start(timeout_s=90).items():
         monkeypatch.setenv(name, value)
