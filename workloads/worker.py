@@ -92,6 +92,11 @@ def run_epochs(loop: LoopConfig) -> None:
     # copy of every print (its print patch also prints), and a line per report from a Ray
     # module that logs through the root logger. At WARNING each progress line shows once.
     logging.getLogger().setLevel(logging.WARNING)
+    # With its structured worker logging off (cluster/runtime.py), LoggingConfig does not reach
+    # the workers, and Ray Train logs each failed train function's traceback to the console:
+    # the survivors' gloo errors when a peer dies. The driver says what happened in one line,
+    # and a bug's traceback still reaches it inside TrainingFailedError (workloads/train.py).
+    logging.getLogger("ray.train").setLevel(logging.CRITICAL)
     context = ray.train.get_context()
     rank = context.get_world_rank()
     torch.manual_seed(job.train.seed)
