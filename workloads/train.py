@@ -28,6 +28,7 @@ from cluster.storage import Storage
 from workloads import data
 from workloads.config import JobConfig, load_job_config, presets
 from workloads.models import build_model, count_parameters, model_spec
+from workloads.progress import expected_batches
 from workloads.tracking import Tracking, add_tracking_args, tracking_from
 from workloads.trust import CodePolicy
 
@@ -134,6 +135,12 @@ def run_training(
                 data_fingerprint=info.fingerprint,
                 data_uri=data.data_uri(config.data, info),
                 tracked_run=tracked or None,
+                expected_batches=expected_batches(
+                    rows=info.rows,
+                    validation_fraction=config.data.validation_fraction,
+                    workers=config.train.num_workers,
+                    batch_size=config.train.batch_size,
+                ),  # fmt: skip
             )
         },
         scaling_config=ScalingConfig(
