@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,6 +125,38 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
         print(f"Ray's logs: {ray_log_dir()}", flush=True)
 
 
+# What raylane's jobs print in Ray's workers starts with the run's name in brackets:
+# "[digits-cnn] epoch 3/10 ...", "[trial-1a2b_00003] epoch 1/8: 40/~120 batches ...".
+RAYLANE_LINE = re.compile(r"\[[\w.-]+\] ")
+
+
+def show_only_raylane_lines() -> bool:
+    """From now on this driver's console shows, of all that Ray's workers print, only
+    raylane's own lines (epochs, progress), without Ray's `(RayTrainWorker pid=...)` prefix.
+
+    The rest (the raylet's worker-count warnings, Train's and Ray Data's set-up messages,
+    library deprecation warnings, Serve's replica logs) stays in Ray's log files, in the
+    directory connect() printed (`worker-*.out` / `.err`): the demo printed ~400 lines of it
+    around ~30 of its own. Ray has no public switch for this; its driver prints worker output
+    through one handler of `global_worker_stdstream_dispatcher`, which is replaced here. False
+    (and Ray's output unchanged) where that hook is missing, e.g. in another Ray version.
+    """
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return False
+
+    def show(batch: dict) -> None:
+        sink = sys.stderr if batch.get("is_err") else sys.stdout
+        lines = [line for line in batch.get("lines", []) if RAYLANE_LINE.match(line)]
+        if lines:
+            print("\n".join(lines), file=sink, flush=True)
+
+    dispatcher.remove_handler("ray_print_logs")  # the name ray.init registers it under
+    dispatcher.add_handler("ray_print_logs", show)
+    return True
+
+
 def ray_log_dir() -> str | None:
     """The log directory of the Ray session this process started or joined."""
     import ray
@@ -157,7 +190,12 @@ def configure_process() -> None:
     """
     import ray.data
 
-    ray.data.DataContext.get_current().use_datasource_v2 = False
+    context = ray.data.DataContext.get_current()
+    context.use_datasource_v2 = False
+    # Progress bars (Parquet sampling, each split's execution) interleave with our lines; the
+    # RAY_DATA_DISABLE_PROGRESS_BARS of JOB_ENV_VARS is read when Ray Data is imported, which
+    # in a driver is before connect() sets it. Datasets carry this context to their workers.
+    context.enable_progress_bars = False
     # Ray Data logs every dataset's plan and progress at INFO on the console; they stay in
     # its log files (logs/ray-data under the directory connect() prints).
     for handler in logging.getLogger("ray.data").handlers:
