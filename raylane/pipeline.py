@@ -68,7 +68,7 @@ def run_pipeline(
     # One line per trial epoch, then the summary: Ray's own output stays in its log files and
     # Tune's tables off the console, so that the report below is what stands out.
     connect(address)
-    show_only_raylane_lines()
+    ray_output = show_only_raylane_lines() or ray_log_dir()
     result = run_sweep(
         sweep, storage, register=name, promote=alias, address=address, tracking=tracking,
         live_table=False,
@@ -95,7 +95,7 @@ def run_pipeline(
         "sweep_plot": result.plot_uri,
         "evaluation": report_line(result.registered),  # the report, or why there is none
         "seconds": round(time.monotonic() - started, 1),
-        "ray_logs": ray_log_dir(),
+        "ray_output": ray_output,
     }
     storage.write_json(f"pipelines/{sweep.name}/report.json", report)
     step(5, 5, "report")
@@ -181,8 +181,8 @@ def format_report(report: dict) -> str:
     lines.append(f"sweep plot       {report['sweep_plot']}")
     lines.append(report["evaluation"])
     lines.append(f"total time       {report['seconds']:.0f}s")
-    if report.get("ray_logs"):
-        lines.append(f"Ray's logs       {report['ray_logs']}")
+    if report.get("ray_output"):
+        lines.append(f"Ray's output     {report['ray_output']}")
     return "\n".join(lines)
 
 

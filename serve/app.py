@@ -464,6 +464,8 @@ def deploy(args: ServeArgs, *, host: str, port: int, access_log: bool = True) ->
         "enable_access_log": access_log,
         "log_level": "INFO" if access_log else "WARNING",
     }
+    if not access_log:  # this driver's own "Started Serve", "Application ... is ready" lines
+        logger.setLevel(logging.WARNING)
     ray_serve.start(http_options={"host": host, "port": port}, logging_config=log_settings)
     ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/", logging_config=log_settings)
     shown = "127.0.0.1" if host == "0.0.0.0" else host  # a URL a client on this host can use
