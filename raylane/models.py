@@ -144,18 +144,36 @@ def _show(registry: Registry, args) -> int:
     print(f"{name}:{version}  {info['uri']}")
     print(f"aliases: {', '.join(pointing) or '-'}")
     _show_reports(registry, name, version)
-    metrics = info["meta"].get("metrics") or {}
-    print(
-        "metrics (at the registered epoch; lr is the scheduled rate then):"
-        if metrics
-        else "metrics: -"
-    )
+    meta = info["meta"]
+    # `lr` among the metrics is the schedule's rate at that epoch, not the configured one.
+    metrics = {k: v for k, v in (meta.get("metrics") or {}).items() if k != "lr"}
+    print(f"metrics (at epoch {meta.get('epoch', '?')}):" if metrics else "metrics: -")
     for key, value in sorted(metrics.items()):
         print(f"  {key:<24} {short(value)}")
+    if rates := learning_rates(meta):
+        print(rates)
     print("lineage:" + ("" if info["lineage"] else " -"))
     for key, value in sorted(info["lineage"].items()):
         print(f"  {key:<24} {short(value)}")
     return 0
+
+
+def learning_rates(meta: dict) -> str | None:
+    """Which learning rate was configured (train.lr, the schedule's peak) and which one the
+    schedule had reached at the registered epoch; None when the meta records neither."""
+    train = (meta.get("config") or {}).get("train") or {}
+    scheduled = (meta.get("metrics") or {}).get("lr")
+    if "lr" not in train and scheduled is None:
+        return None
+    parts = []
+    if "lr" in train:
+        schedule = train.get("scheduler", "?")
+        parts.append(
+            f"configured {short(train['lr'])} (train.lr, the peak of a {schedule} schedule)"
+        )
+    if scheduled is not None:
+        parts.append(f"scheduled {short(scheduled)} at epoch {meta.get('epoch', '?')}")
+    return "learning rate: " + "; ".join(parts)
 
 
 def _show_reports(registry: Registry, name: str, version: int) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from cluster.config import add_common_args
 from cluster.errors import RaylaneError, run_cli
-from cluster.runtime import use_code
+from cluster.runtime import connect, ray_log_dir, show_only_raylane_lines, use_code
 from cluster.storage import Storage
 from serve.app import deploy
 from serve.config import ServeArgs
@@ -65,9 +65,14 @@ def run_pipeline(
     print(f"{info.rows} rows, {info.num_classes} classes at {info.uri}")
 
     step(2, 5, f"sweep {sweep.name}: {sweep.num_samples} trials of {sweep.train_config}")
+    # One line per trial epoch, then the summary: Ray's own output stays in its log files and
+    # Tune's tables off the console, so that the report below is what stands out.
+    connect(address)
+    ray_output = show_only_raylane_lines() or ray_log_dir()
     result = run_sweep(
-        sweep, storage, register=name, promote=alias, address=address, tracking=tracking
-    )
+        sweep, storage, register=name, promote=alias, address=address, tracking=tracking,
+        live_table=False,
+    )  # fmt: skip
     print(format_table(result, sweep))
 
     reference = f"{name}@{alias}"
@@ -90,6 +95,7 @@ def run_pipeline(
         "sweep_plot": result.plot_uri,
         "evaluation": report_line(result.registered),  # the report, or why there is none
         "seconds": round(time.monotonic() - started, 1),
+        "ray_output": ray_output,
     }
     storage.write_json(f"pipelines/{sweep.name}/report.json", report)
     step(5, 5, "report")
@@ -175,6 +181,8 @@ def format_report(report: dict) -> str:
     lines.append(f"sweep plot       {report['sweep_plot']}")
     lines.append(report["evaluation"])
     lines.append(f"total time       {report['seconds']:.0f}s")
+    if report.get("ray_output"):
+        lines.append(f"Ray's output     {report['ray_output']}")
     return "\n".join(lines)
 
 

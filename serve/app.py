@@ -464,6 +464,8 @@ def deploy(args: ServeArgs, *, host: str, port: int, access_log: bool = True) ->
         "enable_access_log": access_log,
         "log_level": "INFO" if access_log else "WARNING",
     }
+    if not access_log:  # this driver's own "Started Serve", "Application ... is ready" lines
+        logger.setLevel(logging.WARNING)
     ray_serve.start(http_options={"host": host, "port": port}, logging_config=log_settings)
     ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/", logging_config=log_settings)
     shown = "127.0.0.1" if host == "0.0.0.0" else host  # a URL a client on this host can use
@@ -522,20 +524,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = args.model_copy(update={"storage": storage.uri})
 
     connect(address)
-    url = deploy(args, host=host, port=port)
-    base = url.split("/v1/")[0]
-    print(f"serving {name}:{version} ({args.model}) at {url}")
-    print(f"docs at {base}/docs; Ctrl-C stops", flush=True)
     # SIGTERM (kill, a process manager) stops like Ctrl-C: Ray's own exit on an unhandled
-    # SIGTERM ends in a C++ abort dump and leaves the app deployed.
+    # SIGTERM ends in a C++ abort dump and leaves the app deployed. Set right after ray.init
+    # (which installs Ray's handlers): the app answers before deploy() returns, and a SIGTERM
+    # sent as soon as it answers came in before a handler set after deploy (test_jobs).
     signal.signal(signal.SIGTERM, _interrupt)
+    deployed = False
     try:
+        url = deploy(args, host=host, port=port)
+        deployed = True
+        print(f"serving {name}:{version} ({args.model}) at {url}")
+        print(f"docs at {url.split('/v1/')[0]}/docs; Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("stopping", flush=True)
         with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C must not leave a trace
-            ray_serve.delete(APP_NAME)
+            if deployed:
+                ray_serve.delete(APP_NAME)
+            else:  # interrupted while deploying
+                ray_serve.shutdown()
     return 0
 
 

@@ -121,7 +121,9 @@ def concurrency(train: dict, requested: int | None, *, shared_data: bool) -> int
     return min(fits, requested) if requested else fits
 
 
-def build_tuner(sweep: SweepConfig, storage: Storage, *, resume: bool, tracking=None):
+def build_tuner(
+    sweep: SweepConfig, storage: Storage, *, resume: bool, tracking=None, live_table: bool = True
+):
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -185,9 +187,9 @@ def build_tuner(sweep: SweepConfig, storage: Storage, *, resume: bool, tracking=
             storage_path=f"{root}/sweeps",
             storage_filesystem=fs,
             failure_config=ray_tune.FailureConfig(max_failures=0),
-            # The live status table only: the per-trial config and result boxes repeat what
-            # the epoch lines and the summary below say.
-            verbose=1,
+            # The live status table (and Tune's boxes per trial), or nothing: the epoch lines
+            # and the summary below say it all too (the pipeline's choice).
+            verbose=1 if live_table else 0,
         ),
     )
 
@@ -216,14 +218,18 @@ def run_sweep(
     promote: str | None = None,
     plot_dir: str = ".",
     tracking: Tracking | None = None,
+    live_table: bool = True,
 ) -> SweepResult:
+    """Run the sweep; `live_table=False` leaves Tune's status tables out of the console."""
     storage.check()
     parent = tracking and tracking.start_run(
         sweep.name, params=sweep.model_dump(mode="json"), tags={"raylane.kind": "sweep"}
     )
     nested = parent and tracking.nested(parent, **{"raylane.sweep": sweep.name})
     try:
-        result = _sweep(sweep, storage, resume, address, register, promote, plot_dir, nested)
+        result = _sweep(
+            sweep, storage, resume, address, register, promote, plot_dir, nested, live_table
+        )
     except BaseException:  # FAILED in MLflow, not left RUNNING forever
         if parent:
             parent.end("FAILED")
@@ -233,11 +239,12 @@ def run_sweep(
     return result
 
 
-def _sweep(sweep, storage, resume, address, register, promote, plot_dir, tracking):
+def _sweep(sweep, storage, resume, address, register, promote, plot_dir, tracking, live_table):
     from cluster.runtime import connect
 
     connect(address)
-    results = build_tuner(sweep, storage, resume=resume, tracking=tracking).fit()
+    tuner = build_tuner(sweep, storage, resume=resume, tracking=tracking, live_table=live_table)
+    results = tuner.fit()
     rows = summary_rows(results, sweep, storage)
     errors = [
         f"trial {r.path.rsplit('/', 1)[-1]}: {first_line(r.error)}"

@@ -135,6 +135,12 @@ class TrainConfig(Strict):
         description="checkpoints kept in storage: the best k by `metric`, plus the latest "
         "(to resume from) when it is not among them",
     )
+    progress_every_s: float = Field(
+        default=15,
+        ge=0,
+        description="within an epoch longer than this, rank 0 prints batches done / total and "
+        "the rate every this many seconds; 0: only the line per epoch",
+    )
     metric: Metric = "val_accuracy"
     max_failures: int = Field(default=2, ge=-1, description="worker-group restarts; -1: forever")
     seed: int = 0

@@ -33,6 +33,7 @@ from workloads import data, runs
 from workloads.checkpoint import meta_key
 from workloads.config import JobConfig, load_job_config, presets
 from workloads.models import build_model, count_parameters, model_spec
+from workloads.progress import expected_batches
 from workloads.tracking import Tracking, add_tracking_args, tracking_from
 from workloads.trust import CodePolicy
 
@@ -166,6 +167,10 @@ def build_trainer(config, prepared, spec, storage: Storage, run_key: str, callba
         job=config, spec=spec, input_spec=info.input_spec(), storage_uri=storage.uri,
         run_key=run_key, data_fingerprint=info.fingerprint,
         data_uri=data.data_uri(config.data, info), launch=launch, tracked_run=tracked or None,
+        expected_batches=expected_batches(
+            rows=info.rows, validation_fraction=config.data.validation_fraction,
+            workers=config.train.num_workers, batch_size=config.train.batch_size,
+        ),
     )  # fmt: skip
     return TorchTrainer(
         train_loop_per_worker,

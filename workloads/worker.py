@@ -41,6 +41,7 @@ from workloads.checkpoint import (
 )
 from workloads.config import JobConfig, TrainConfig
 from workloads.models import build_model
+from workloads.progress import EpochProgress
 from workloads.recovery import (
     StorageFailed,
     Uploads,
@@ -67,6 +68,7 @@ class LoopConfig:
     data_uri: str
     launch: str  # one id per run_training call: tells a restart from a re-run (recovery.py)
     tracked_run: TrackedRun | None = None  # the MLflow run rank 0 logs to; None: tracking off
+    expected_batches: int | None = None  # a rank's batches per epoch, estimated (progress lines)
 
     def meta(self, *, epoch: int, metrics: dict) -> dict:
         return build_meta(
@@ -127,11 +129,16 @@ def run_epochs(loop: LoopConfig) -> None:
     )  # fmt: skip
     gauges = TrainingGauges(job.name) if rank == 0 else None
     log_epoch = EpochLogger(loop.tracked_run if rank == 0 else None)  # does nothing when off
+    every_s = job.train.progress_every_s if rank == 0 else 0  # one rank speaks for all
+    progress = EpochProgress(
+        job.name, epochs=job.train.epochs, every_s=every_s, expected_batches=loop.expected_batches
+    )
 
     for epoch in range(start_epoch + 1, job.train.epochs + 1):
         started = time.perf_counter()
         model.train()
         losses, samples = [], 0
+        progress.start(epoch)
         for features, labels in train_data.batches(shuffle_seed=epoch):
             losses.append(
                 train_step(
@@ -145,6 +152,8 @@ def run_epochs(loop: LoopConfig) -> None:
                 )
             )
             samples += labels.shape[0]
+            progress.batch_done()
+        progress.end()
         train_seconds = time.perf_counter() - started
         scheduler.step()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import stop_processes
+from helpers import descendants, digits_checkpoint, register_local, wait_for
 
 from cluster.s3server import free_port
 from cluster.storage import Storage
@@ -248,6 +251,10 @@ def test_a_custom_model_ships_with_working_dir_to_train_sweep_and_serve(
     )
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert json.loads(ran.stdout.strip().splitlines()[-1])["version"] == 2
+    # The pipeline's console: its own lines and the trials' epoch lines, not Ray's.
+    console = ran.stdout + ran.stderr
+    assert re.search(r"^\[trial-\w+\] epoch 1/\d+ ", console, flags=re.M), console[-3000:]
+    assert "(RayTrainWorker pid=" not in console and "(raylet)" not in console
     report = s3_storage.read_json("pipelines/debug-sweep/report.json")
     assert report["requests"]["count"] == 5 and report["version"] == 2
 
@@ -255,7 +262,9 @@ def test_a_custom_model_ships_with_working_dir_to_train_sweep_and_serve(
 def test_training_prints_one_line_per_epoch_and_where_rays_logs_are(tmp_path):
     raylane = str(Path(sys.executable).parent / "raylane")
     ran = subprocess.run(
-        [raylane, "train", "--config", "debug", "--set", "train.epochs=3"],
+        # A progress line every 0.05 s stands in for a long epoch's every 15 s.
+        [raylane, "train", "--config", "debug", "--set", "train.epochs=3", "--set"]
+        + ["train.progress_every_s=0.05"],
         cwd=tmp_path,  # ./artifacts, the default storage, lands here
         capture_output=True,
         text=True,
@@ -265,6 +274,45 @@ def test_training_prints_one_line_per_epoch_and_where_rays_logs_are(tmp_path):
     assert ran.returncode == 0, output[-3000:]
     assert [output.count(f"[debug] epoch {epoch}/3 ") for epoch in (1, 2, 3)] == [1, 1, 1]
     assert "Reporting training result" not in output and "TrainingReport(" not in output
+    progress = re.findall(
+        r"\[debug\] epoch 1/3: (\d+)/~?(\d+) batches \(\d+%\), [\d.]+ batches/s", output
+    )
+    assert progress and all(int(done) <= int(total) for done, total in progress), output[-3000:]
     log_dir = Path(re.search(r"Ray's logs: (\S+)", output).group(1))
     logged = "".join(path.read_text(errors="replace") for path in log_dir.glob("worker-*.out"))
     assert "[debug] epoch 3/3 " in logged
+
+
+def test_sigterm_stops_raylane_serve_cleanly(tmp_path):
+    """`kill` (a process manager, a container stop) ends `raylane serve` like Ctrl-C: exit 0,
+    the app gone, and no abort dump from Ray's C++ core in the output."""
+    storage = Storage(str(tmp_path / "artifacts"))
+    register_local(open_registry(storage), digits_checkpoint(tmp_path / "ckpt", seed=1, steps=5))
+    port, log = free_port(), tmp_path / "serve.log"
+    command = [str(Path(sys.executable).parent / "raylane"), "serve", "--model", "digits:1"]
+    command += ["--storage", storage.uri, "--port", str(port)]
+    with open(log, "w") as out:
+        serving = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: answers(port) or serving.poll() is not None, timeout_s=180,
+                 what="raylane serve answering /healthz")  # fmt: skip
+        assert answers(port), log.read_text()[-3000:]
+        serving.send_signal(signal.SIGTERM)
+        serving.wait(timeout=120)
+    finally:
+        if serving.poll() is None:
+            stop_processes(descendants({serving.pid}) | {serving.pid})
+    output = log.read_text()
+    assert serving.returncode == 0, output[-3000:]
+    assert "stopping" in output
+    for sign in ("Aborted", "core dumped", "*** SIG", "Traceback"):
+        assert sign not in output, output[-3000:]
+    assert not answers(port)
+
+
+def answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return response.status == 200
+    except OSError:  # refused, reset, or a 5xx/404 while the app deploys
+        return False

@@ -385,6 +385,8 @@ def test_concurrent_requests_form_batches_and_are_all_correct(served):
         for _ in range(12):
             info = http.get("/v1/models/digits").json()
             seen[info["replica"]] = info["stats"]
+        refused = http.post("/v1/models/digits:predict", json={"instances": [[1.0, 2.0]]})
+        assert refused.status_code == 422
     assert max(stats["max_batch_size_seen"] for stats in seen.values()) > 1, seen
     assert sum(stats["requests"] for stats in seen.values()) >= len(load.outcomes)
 
@@ -394,11 +396,13 @@ def test_concurrent_requests_form_batches_and_are_all_correct(served):
         batches = metric_sum(text, "ray_raylane_serve_batch_size_count", model="digits")
         single = metric_sum(text, "ray_raylane_serve_batch_size_bucket", model="digits", le="1.0")
         ok = metric_sum(text, "ray_raylane_serve_requests_total", code="200", version="1")
-        return batches > single > 0 and ok >= len(load.outcomes)
+        refused = metric_sum(text, "ray_raylane_serve_requests_total", code="422")
+        return batches > single > 0 and ok >= len(load.outcomes) and refused >= 1
 
     wait_for(batched_in_metrics, timeout_s=30, interval_s=1, what="batch metrics > 1")
     text = scrape_metrics()
-    assert metric_sum(text, "ray_raylane_serve_requests_total", code="422") >= 1
+    # A refused request is counted against the version that refused it, not version="".
+    assert metric_sum(text, "ray_raylane_serve_requests_total", code="422", version="1") >= 1
     assert metric_sum(text, "ray_raylane_serve_model_version", alias="production") >= 1
     assert metric_sum(text, "ray_raylane_serve_request_latency_ms_count", model="digits") > 0
 
