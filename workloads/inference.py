@@ -50,6 +50,7 @@ class Model:
     module: torch.nn.Module
     meta: dict
     policy: CodePolicy  # what allowed its class to load; Ray actors rebuild it under the same
+    footprint: dict | None = None  # {"parameters", "bytes"} of its stored files, when known
 
     def __post_init__(self):
         input_spec_of(self.meta)  # a checkpoint without a usable input spec fails here, named
