@@ -5,17 +5,20 @@
     print(format_comparison(compare_versions(registry, refs)))
 
 Latency is in-process (no HTTP): the forward pass of each model on random inputs of its input
-spec (its cost does not depend on the values), the models interleaved A, B, A, B round by round
-so a busy machine slows them alike, each measurement long enough to average out the timer,
-the median over rounds reported with the spread. The benchmark (bench/optimize.py) calls the
-same function with more rounds.
+spec (its cost does not depend on the values), on one thread, as a Serve replica with less
+than 2 CPUs runs (Ray sets OMP_NUM_THREADS=1 there; on this busy 2-core machine two torch
+threads made a 256x256 MLP's batch of 32 take 54 ms instead of 0.3). Models are interleaved
+A, B, A, B round by round so that other load slows them alike, each measurement long enough to
+average out the timer, the median over rounds reported with the spread. The benchmark
+(bench/optimize.py) calls the same function with more rounds.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -44,7 +47,7 @@ def measure_latency(
     each of `rounds` measurements about `seconds` long, the models interleaved."""
     inputs = {size: random_inputs(models[0].spec, size) for size in batch_sizes}
     samples = {model.name: {str(size): [] for size in batch_sizes} for model in models}
-    with torch.inference_mode():
+    with torch.inference_mode(), one_thread():
         for _ in range(rounds):
             for size in batch_sizes:
                 for model in models:
@@ -55,6 +58,18 @@ def measure_latency(
         name: {size: _spread(times) for size, times in by_size.items()}
         for name, by_size in samples.items()
     }
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread meanwhile; ONNX Runtime sessions created meanwhile take one too
+    (workloads/onnx_int8.py follows torch's setting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _time(module: torch.nn.Module, batch: torch.Tensor, seconds: float) -> float:

@@ -25,6 +25,7 @@ numbers is one you can trust.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ from cluster.errors import DataError, run_cli
 from cluster.registry import Registry
 from cluster.storage import Storage, dump_json
 from workloads.checkpoint import load_model, model_footprint, read_meta
-from workloads.comparison import measure_latency
+from workloads.comparison import measure_latency, one_thread
 from workloads.data import read_split
 from workloads.inference import Inference, Model, Rows, logits, predict
 from workloads.report import REPORT_JSON, build_report, write_report
@@ -181,7 +182,8 @@ def compare_versions(
     """Every version's metrics on the same rows (the first version's validation split, or every
     row of `data`), and each later version's accuracy against the first's, paired. With
     `costs`, also each one's parameters, bytes on disk and in-process latency at batch 1, 32."""
-    models = load_versions(registry, refs, allow_modules=allow_modules)
+    with one_thread() if costs else contextlib.nullcontext():  # as latency is measured
+        models = load_versions(registry, refs, allow_modules=allow_modules)
     rows = Rows.everything(data) if data else Rows.validation_of(models[0])
     probabilities, labels, how = predict(models, rows, inference=inference, address=address)
     metrics = {

@@ -149,13 +149,13 @@ def test_the_command_registers_a_child_with_lineage_and_compares_it(made, tmp_pa
     registry = open_registry(storage)
     register_local(registry, made["wide"])
     args = ["quantize", "--model", "digits:1", "--storage", storage.uri]
-    assert optimize([*args, "--promote", "small"]) == 0
-    described = registry.describe("digits", 2)
+    assert optimize([*args, "--register", "digits-int8", "--promote", "small"]) == 0
+    described = registry.describe("digits-int8", 1)
     assert described["lineage"]["parent"] == "digits:1"
     assert described["lineage"]["method"] == "quantize"
     assert described["lineage"]["settings"]["scheme"] == "dynamic"
-    assert registry.resolve("digits@small") == ("digits", 2)
-    assert registry.reports("digits", 2) == ["validation"]
+    assert registry.resolve("digits-int8@small") == ("digits-int8", 1)
+    assert registry.reports("digits-int8", 1) == ["validation"]
     out = capsys.readouterr().out
     for row in ("accuracy", "parameters", "bytes on disk", "latency ms, batch 1", "batch 32"):
         assert row in out
@@ -171,7 +171,7 @@ def test_a_failed_run_registers_nothing(made, tmp_path):
     register_local(registry, directory)
     args = ["quantize", "--model", "digits:1", "--storage", storage.uri, "--scheme", "static"]
     with pytest.raises(ConfigError, match="use --scheme dynamic"):
-        optimize(args)
+        optimize([*args, "--calibration-rows", "64"])
     with pytest.raises(NotFoundError):
         optimize(["quantize", "--model", "digits:9", "--storage", storage.uri])
     assert registry.versions("digits") == [1]
