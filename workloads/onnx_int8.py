@@ -51,7 +51,8 @@ def export_graph(module: nn.Module, example: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     try:
         # Not under no_grad: with gradients on, nn.TransformerEncoderLayer skips its fused
-        # fast path, an operator ONNX has no export for.
+        # fast path, an operator ONNX has no export for. dynamo=False: the TorchScript
+        # exporter (deprecated since torch 2.9, still in the pinned 2.13) needs no onnxscript.
         with _quiet():
             torch.onnx.export(
                 module, (example,), buffer, input_names=[INPUT], output_names=["logits"],
