@@ -323,6 +323,17 @@ def _load_quantized(directory: str | Path, meta: dict, *, device: str) -> torch.
         raise DataError(f"{path} does not load: {error}") from None
 
 
+def model_from_state(meta: dict, state: dict, *, policy: CodePolicy) -> torch.nn.Module:
+    """A loaded model rebuilt in another process from its meta and `module.state_dict()`."""
+    if QUANTIZATION in meta:
+        from workloads.onnx_int8 import OnnxModule
+
+        return OnnxModule(state["graph"].numpy().tobytes()).eval()
+    module = build_model(meta["model"], policy=policy)
+    module.load_state_dict(state)
+    return module.eval()
+
+
 def model_footprint(directory: str | Path) -> dict[str, int]:
     """{"parameters", "bytes"}: stored weights (not quantization scales) and the bytes of the
     model's files (weights and graph; not meta.json or training state)."""

@@ -164,6 +164,9 @@ class OnnxModule(nn.Module):
             self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         except Exception as error:  # ONNX Runtime's Fail / InvalidGraph / ...
             raise DataError(f"ONNX Runtime refuses the graph: {first_line(error)}") from None
+        # Kept as the state dict, so the module travels to Ray Data actors as tensors do
+        # (workloads/inference.py) and is rebuilt there by checkpoint.model_from_state.
+        self.register_buffer("graph", torch.frombuffer(bytearray(graph), dtype=torch.uint8))
 
     @classmethod
     def load(cls, skeleton: bytes, tensors: dict[str, torch.Tensor], *, scheme: str):

@@ -16,7 +16,13 @@ from safetensors.torch import load_file, save_file
 from cluster.errors import ConfigError, DataError, NotFoundError
 from cluster.storage import Storage
 from serve.predictor import Predictor
-from workloads.checkpoint import input_spec_of, load_model, model_footprint, open_registry
+from workloads.checkpoint import (
+    input_spec_of,
+    load_model,
+    model_footprint,
+    model_from_state,
+    open_registry,
+)
 from workloads.data import prepare, read_split
 from workloads.inference import probabilities
 from workloads.optimize import main as optimize
@@ -175,3 +181,10 @@ def test_a_failed_run_registers_nothing(made, tmp_path):
     with pytest.raises(NotFoundError):
         optimize(["quantize", "--model", "digits:9", "--storage", storage.uri])
     assert registry.versions("digits") == [1]
+
+
+def test_an_int8_model_is_rebuilt_from_its_state_dict_as_ray_data_actors_do(made):
+    module, meta = load_model(made["root"] / "cnn-int8", policy=POLICY)
+    rebuilt = model_from_state(meta, module.state_dict(), policy=POLICY)
+    batch = torch.randn(5, 1, 8, 8)
+    assert torch.equal(rebuilt(batch), module(batch))
