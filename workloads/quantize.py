@@ -115,7 +115,8 @@ def quantize_checkpoint(
     module, meta = load_model(source, policy=policy)
     if QUANTIZATION in meta:
         raise ConfigError(
-            f"{source.name} is already int8 ({meta[QUANTIZATION]}): quantize its parent"
+            f"this version is already int8 ({meta[QUANTIZATION].get('scheme')}): quantize its "
+            "float parent, which `raylane models show` names under lineage.parent"
         )
     spec = input_spec_of(meta)
     calibration = calibration_set(meta, spec, calibration_rows) if scheme == "static" else None
