@@ -125,10 +125,14 @@ def split_graph(graph: bytes) -> tuple[bytes, dict[str, torch.Tensor]]:
 def join_graph(skeleton: bytes, tensors: dict[str, torch.Tensor], *, scheme: str) -> bytes:
     """The runnable graph: `skeleton` with `tensors` put back, checked against `scheme`."""
     from onnx import numpy_helper
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     model = _parse(skeleton)
     if len(model.graph.initializer):
         raise DataError("the graph carries tensors of its own; they must come from safetensors")
+    # A tensor "stored" in an outside file would make ONNX Runtime read any path it names.
+    if any(uses_external_data(tensor) for tensor in _get_all_tensors(model)):
+        raise DataError("the graph refers to external data files; raylane never reads those")
     _check_marks(model, scheme)
     needed = _needed(model)
     missing = sorted(needed - set(tensors))

@@ -134,6 +134,21 @@ def test_a_missing_graph_is_named(made, tmp_path):
     assert "model.onnx is missing" in message
 
 
+def test_a_graph_that_points_at_files_outside_is_refused(made, tmp_path):
+    import onnx
+    from onnx import helper
+
+    def point_outside(directory):
+        model = onnx.load_model_from_string((directory / "model.onnx").read_bytes())
+        tensor = helper.make_tensor("leak", onnx.TensorProto.FLOAT, [1], [0.0])
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensor.external_data.add(key="location", value="/etc/hostname")
+        model.graph.node.append(helper.make_node("Constant", [], ["leaked"], value=tensor))
+        (directory / "model.onnx").write_bytes(model.SerializeToString())
+
+    assert "external data" in tampered(made, tmp_path, point_outside)
+
+
 def test_loading_an_int8_checkpoint_unpickles_nothing(made, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("something was unpickled")
