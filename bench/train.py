@@ -79,6 +79,13 @@ def job_config(*, rows: int, epochs: int, workers: int, checkpoint_every: int, t
 
 def training_rows(storage, config) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """(model spec, features, labels) of the training split, normalized as raylane does."""
+    spec, _, _, features, labels = training_set(storage, config)
+    return spec, features, labels
+
+
+def training_set(storage, config):
+    """(model spec, input spec, dataset info, features, labels): the training split prepared
+    as raylane's workers see it, and the input spec (with normalization) its checkpoint keeps."""
     import dataclasses
 
     from workloads import data
@@ -92,14 +99,15 @@ def training_rows(storage, config) -> tuple[dict, torch.Tensor, torch.Tensor]:
         validation_fraction=config.data.validation_fraction,
         split="train",
     )
-    # The same moments as data.check_and_normalize, without Ray.
+    # The same moments as data.check_and_normalize, without Ray (one pair for images).
     x = features.astype(np.float64)
+    x = x.reshape(-1, 1) if info.kind == "image" else x
     mean, std = x.mean(0), x.std(0)
     normalization = {"mean": mean.tolist(), "std": np.where(std < 1e-6, 1.0, std).tolist()}
     input_spec = dataclasses.replace(info.input_spec(), normalization=normalization)
     spec = model_spec(config.model, input_shape=info.feature_shape, num_classes=info.num_classes)
-    prepared = prepare_features(features, input_spec)
-    return spec, torch.as_tensor(prepared), torch.as_tensor(labels)
+    prepared = torch.as_tensor(prepare_features(features, input_spec))
+    return spec, input_spec, info, prepared, torch.as_tensor(labels)
 
 
 def train_epochs(model, features, labels, train_config, *, epochs: int, barrier=None):

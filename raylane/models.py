@@ -29,6 +29,7 @@ from cluster.registry import REF_FORMS, ModelRef, Registry, check_name, ranges
 from cluster.storage import Storage
 from cluster.text import format_table, short
 from workloads.checkpoint import open_registry
+from workloads.comparison import format_comparison
 from workloads.evaluate import compare_versions, evaluate_version
 from workloads.registration import register_checkpoint, report_line
 from workloads.report import HEADLINE, REPORT_HTML, REPORT_JSON, format_report
@@ -223,29 +224,12 @@ def _compare(registry: Registry, args) -> int:
     return 0
 
 
-def format_comparison(comparison: dict) -> str:
-    """The metrics table, one column per version, then each version against the first."""
-    names = list(comparison["metrics"])
-    rows = [
-        [key, *(_number(comparison["metrics"][name][key]) for name in names)] for key in HEADLINE
-    ]
-    lines = [
-        f"{comparison['rows']} rows: {comparison['data']}",
-        "",
-        format_table(["metric", *names], rows, rule=True),
-        "",
-    ]
-    lines += [pair["statement"] for pair in comparison["comparisons"]]
-    lines += [f"note: {note}" for note in comparison["notes"]]
-    return "\n".join(lines)
-
-
 def _check_not_worse(registry: Registry, name: str, alias: str, current, candidate) -> None:
     """Refuse a candidate significantly less accurate than the alias's version (see --force)."""
     if current is None or current == candidate:
         return
     try:
-        comparison = compare_versions(registry, [(name, current), (name, candidate)])
+        comparison = compare_versions(registry, [(name, current), (name, candidate)], costs=False)
     except DataError as error:
         # Nothing to compare on (no recorded validation data, a model that cannot be loaded
         # here): say so, and leave the decision to the person promoting.

@@ -89,8 +89,9 @@ def digits_schema(features: np.ndarray) -> dict:
 
 
 def digits_checkpoint(
-    directory, *, seed: int, steps: int = 60, family: str = "mlp", data_uri: str | None = None
-):
+    directory, *, seed: int, steps: int = 60, family: str = "mlp", data_uri: str | None = None,
+    hidden_sizes: tuple[int, ...] = (32,),
+):  # fmt: skip
     """A small digits MLP (or CNN) fitted for `steps` full-batch Adam steps; returns the
     checkpoint dir.
 
@@ -99,7 +100,9 @@ def digits_checkpoint(
     and registered with a report."""
     features, labels = digits_data()
     schema = digits_schema(features)
-    config = ModelConfig(family=family, hidden_sizes=[32], channels=[4, 8], dropout=0.0)
+    config = ModelConfig(
+        family=family, hidden_sizes=list(hidden_sizes), channels=[4, 8], dropout=0.0
+    )
     spec = model_spec(config, input_shape=DIGITS_SHAPE, num_classes=10)
     torch.manual_seed(seed)
     model = build_model(spec, policy=CodePolicy.CONFIGURED)

@@ -4,6 +4,8 @@
     meta.json           format version, model spec, input spec, config, epoch, metrics,
                         library versions; written last, so its presence marks a whole checkpoint
     train_state.pt      optional optimizer/scheduler/RNG state, loaded with weights_only=True
+    model.onnx          int8 versions only (`raylane optimize quantize`): the ONNX graph, its
+                        tensors in model.safetensors; meta.json's `quantization` names the scheme
 
     meta = build_meta(spec=spec, input_spec=info.input_spec(), config=job, epoch=3, ...)
     save_checkpoint(directory, model=model, meta=meta, train_state=state)
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from cluster.errors import DataError
+from cluster.errors import DataError, RaylaneError
 from cluster.registry import Registry, VersionLayout
 from cluster.storage import Storage
 from workloads.models import build_model
@@ -38,6 +40,8 @@ from workloads.trust import CodePolicy
 
 FORMAT_VERSION = 1
 WEIGHTS, META, TRAIN_STATE = "model.safetensors", "meta.json", "train_state.pt"
+GRAPH = "model.onnx"  # an int8 version's graph (workloads/onnx_int8.py)
+QUANTIZATION = "quantization"  # meta.json field of an int8 version: {"scheme", "runtime"}
 LAYOUT = VersionLayout(required=(WEIGHTS, META), marker=META)
 
 
@@ -221,6 +225,25 @@ def save_checkpoint(
     save_file(weights, str(directory / WEIGHTS), metadata={"format": "pt"})
     if train_state is not None:
         torch.save(train_state, directory / TRAIN_STATE)
+    return _write_meta(directory, meta)
+
+
+def save_quantized(
+    directory: str | Path, *, graph: bytes, tensors: dict[str, torch.Tensor], meta: dict
+) -> Path:
+    """Write an int8 version: the graph without its tensors, the tensors as safetensors, then
+    meta.json (which must name the scheme in meta["quantization"])."""
+    from workloads.onnx_int8 import check_scheme
+
+    check_scheme((meta.get(QUANTIZATION) or {}).get("scheme"))
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / WEIGHTS))
+    (directory / GRAPH).write_bytes(graph)
+    return _write_meta(directory, meta)
+
+
+def _write_meta(directory: Path, meta: dict) -> Path:
     full_meta = {"format_version": FORMAT_VERSION, "versions": library_versions(), **meta}
     (directory / META).write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str))
     return directory
@@ -276,6 +299,8 @@ def load_model(
     imported; it is checked before any import.
     """
     meta = read_meta(directory)
+    if QUANTIZATION in meta:  # an int8 graph: no model code to build, nothing to import
+        return _load_quantized(directory, meta, device=device), meta
     model = build_model(meta.get("model"), policy=policy)
     weights = load_weights(directory, device=device)
     try:
@@ -290,6 +315,47 @@ def load_model(
             f"unexpected {unexpected[:5]}"
         )
     return model.to(device).eval(), meta
+
+
+def _load_quantized(directory: str | Path, meta: dict, *, device: str) -> torch.nn.Module:
+    """An int8 version as an ONNX Runtime module; DataError naming the file when the graph, a
+    tensor or the scheme does not fit."""
+    from workloads.onnx_int8 import OnnxModule
+
+    if device != "cpu":
+        raise DataError(f"{directory} is an int8 version, which runs on CPU only: use cpu")
+    path = Path(directory) / GRAPH
+    try:
+        graph = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: the int8 checkpoint is incomplete") from None
+    section = meta[QUANTIZATION]
+    scheme = section.get("scheme") if isinstance(section, dict) else section
+    try:
+        return OnnxModule.load(graph, load_weights(directory), scheme=scheme).eval()
+    except RaylaneError as error:
+        raise DataError(f"{path} does not load: {error}") from None
+
+
+def model_from_state(meta: dict, state: dict, *, policy: CodePolicy) -> torch.nn.Module:
+    """A loaded model rebuilt in another process from its meta and `module.state_dict()`."""
+    if QUANTIZATION in meta:
+        from workloads.onnx_int8 import OnnxModule
+
+        return OnnxModule(state["graph"].numpy().tobytes()).eval()
+    module = build_model(meta["model"], policy=policy)
+    module.load_state_dict(state)
+    return module.eval()
+
+
+def model_footprint(directory: str | Path) -> dict[str, int]:
+    """{"parameters", "bytes"}: stored weights (not quantization scales) and the bytes of the
+    model's files (weights and graph; not meta.json or training state)."""
+    from workloads.onnx_int8 import parameter_count
+
+    files = [Path(directory) / name for name in (WEIGHTS, GRAPH)]
+    size = sum(path.stat().st_size for path in files if path.exists())
+    return {"parameters": parameter_count(load_weights(directory)), "bytes": size}
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:

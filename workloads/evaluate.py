@@ -25,6 +25,7 @@ numbers is one you can trust.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 from collections.abc import Sequence
@@ -36,7 +37,8 @@ import numpy as np
 from cluster.errors import DataError, run_cli
 from cluster.registry import Registry
 from cluster.storage import Storage, dump_json
-from workloads.checkpoint import load_model, read_meta
+from workloads.checkpoint import load_model, model_footprint, read_meta
+from workloads.comparison import measure_latency, one_thread
 from workloads.data import read_split
 from workloads.inference import Inference, Model, Rows, logits, predict
 from workloads.report import REPORT_JSON, build_report, write_report
@@ -57,7 +59,8 @@ def load_versions(
         for name, version in refs:
             directory = registry.download(name, version, Path(tmp) / f"{name}-{version}")
             module, meta = load_model(directory, policy=policy)
-            models.append(Model(f"{name}:{version}", module, meta, policy))
+            footprint = model_footprint(directory)
+            models.append(Model(f"{name}:{version}", module, meta, policy, footprint))
     return models
 
 
@@ -174,10 +177,13 @@ def compare_versions(
     inference: Inference = "auto",
     address: str | None = None,
     allow_modules: Sequence[str] = (),
+    costs: bool = True,
 ) -> dict:
     """Every version's metrics on the same rows (the first version's validation split, or every
-    row of `data`), and each later version's accuracy against the first's, paired."""
-    models = load_versions(registry, refs, allow_modules=allow_modules)
+    row of `data`), and each later version's accuracy against the first's, paired. With
+    `costs`, also each one's parameters, bytes on disk and in-process latency at batch 1, 32."""
+    with one_thread() if costs else contextlib.nullcontext():  # as latency is measured
+        models = load_versions(registry, refs, allow_modules=allow_modules)
     rows = Rows.everything(data) if data else Rows.validation_of(models[0])
     probabilities, labels, how = predict(models, rows, inference=inference, address=address)
     metrics = {
@@ -190,9 +196,13 @@ def compare_versions(
         )
         for model, p in zip(models[1:], probabilities[1:], strict=True)
     ]
+    footprint = None
+    if costs:
+        latency = measure_latency(models)
+        footprint = {m.name: {**m.footprint, "latency_ms": latency[m.name]} for m in models}
     return {
         "rows": len(labels), "data": rows.description, "inference": how, "metrics": metrics,
-        "comparisons": pairs, "notes": _different_data(models, rows),
+        "comparisons": pairs, "notes": _different_data(models, rows), "footprint": footprint,
     }  # fmt: skip
 
 

@@ -27,12 +27,12 @@ from workloads.checkpoint import (
     InputSpec,
     encode_labels,
     input_spec_of,
+    model_from_state,
     prepare_features,
     stack_features,
     unwrap,
 )
 from workloads.data import count_rows, parquet_files, read_split, select_rows
-from workloads.models import build_model
 from workloads.step import predict_logits
 from workloads.trust import CodePolicy
 
@@ -50,6 +50,7 @@ class Model:
     module: torch.nn.Module
     meta: dict
     policy: CodePolicy  # what allowed its class to load; Ray actors rebuild it under the same
+    footprint: dict | None = None  # {"parameters", "bytes"} of its stored files, when known
 
     def __post_init__(self):
         input_spec_of(self.meta)  # a checkpoint without a usable input spec fails here, named
@@ -163,10 +164,9 @@ class BatchPredictor:
 
         torch.set_num_threads(1)  # a fraction of a core each: more threads only contend
         self.models = []
-        for model_spec, input_spec, weights, policy in ray.get(packed[0]):
-            module = build_model(model_spec, policy=policy)
-            module.load_state_dict(weights)
-            self.models.append((module.eval(), InputSpec.from_dict(input_spec)))
+        for meta, weights, policy in ray.get(packed[0]):
+            module = model_from_state(meta, weights, policy=policy)
+            self.models.append((module, input_spec_of(meta)))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.models[0][1]
@@ -186,12 +186,7 @@ def predict_with_ray(models: list[Model], rows: Rows, *, address: str | None):
     connect(address)
     spec = models[0].spec
     # The weights go to the object store once; each actor fetches them from there.
-    packed = ray.put(
-        [
-            (m.meta["model"], m.spec.to_dict(), unwrap(m.module).state_dict(), m.policy)
-            for m in models
-        ]  # fmt: skip
-    )
+    packed = ray.put([(m.meta, unwrap(m.module).state_dict(), m.policy) for m in models])
     most = max(1, int(cluster_resources().get("CPU", 1) / ACTOR_CPUS) - 1)
     predicted = select_rows(
         rows.uri, spec, validation_fraction=rows.validation_fraction

@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from cluster.errors import run_cli
 
 # method -> (module with main(argv), one-line help). Modules are imported only when chosen.
-METHODS: dict[str, tuple[str, str]] = {}
+METHODS: dict[str, tuple[str, str]] = {
+    "quantize": ("workloads.quantize", "post-training int8 (ONNX Runtime), dynamic or static"),
+}
 
 
 def usage() -> str:

@@ -633,3 +633,32 @@ def test_ray_serve_and_seaweedfs_started_here_listen_only_on_loopback(served):
     assert served_port in {port for _, port, _ in sockets}, "the check must see Serve's proxy"
     outside = [(address, port) for address, port, _ in sockets if not is_loopback(address)]
     assert not outside, f"listening beyond loopback: {outside}"
+
+
+@pytest.mark.integration
+def test_an_int8_version_made_by_optimize_quantize_is_promoted_and_served(served):
+    """`raylane optimize quantize --promote production` on version 1: the replica follows the
+    alias to the int8 version (ONNX Runtime, loaded from safetensors with no code change), and
+    its HTTP answers equal the same version's in-process answers."""
+    from workloads.optimize import main as optimize
+
+    served.reset()
+    try:
+        args = ["quantize", "--model", "digits:1", "--storage", served.registry.storage.uri]
+        assert optimize([*args, "--promote", "production"]) == 0
+        name, version = served.registry.resolve("digits@production")
+        assert served.registry.describe(name, version)["lineage"]["parent"] == "digits:1"
+        predictor = Predictor.from_registry(served.registry, f"digits:{version}")
+        with client(served) as http:
+            wait_for(
+                lambda: http.get("/v1/models/digits").json().get("version") == version,
+                timeout_s=30,
+                what="the replica to follow digits@production to the int8 version",
+            )
+            for payload in served.payloads[:6]:
+                answer = http.post(PREDICT, json=payload)
+                assert answer.status_code == 200, answer.text
+                expected = predictor.predict_instances(payload["instances"], max_instances=16)
+                assert answer.json()["version"] == version and same_answer(answer.json(), expected)
+    finally:
+        served.reset()

@@ -115,6 +115,26 @@ def test_ray_data_batched_evaluation_equals_the_in_process_report(
     assert everything["uri"].startswith(s3_storage.uri_for("registry/digits/reports/1/data-"))
 
 
+def test_an_int8_version_evaluates_the_same_with_ray_data_as_in_process(
+    ray_session, s3_storage, tmp_path, one_thread, capsys
+):
+    """Ray Data actors rebuild an int8 version from its state dict (its ONNX graph)."""
+    from workloads.optimize import main as optimize
+
+    data = prepare(s3_storage, "digits")
+    registry = open_registry(s3_storage)
+    register_local(registry, digits_checkpoint(tmp_path / "v1", seed=1, steps=8, data_uri=data.uri))
+    optimize(["quantize", "--model", "digits:1", "--storage", s3_storage.uri])
+    in_process = s3_storage.read_json(
+        f"{registry.report_key('digits', 2, 'validation')}/report.json"
+    )
+    capsys.readouterr()
+    models(["--storage", s3_storage.uri, "evaluate", "digits:2", "--inference", "ray", "--json"])
+    batched = json.loads(capsys.readouterr().out)["report"]
+    assert batched["inference"] == "ray"
+    assert batched["confusion_matrix"] == in_process["confusion_matrix"]
+
+
 def test_unknown_space_key_fails_before_any_trial(local_storage):
     sweep = load_sweep_config(
         "debug-sweep", ["space={train.lrr: {type: uniform, low: 0, high: 1}}"]
