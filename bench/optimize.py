@@ -68,23 +68,22 @@ def parent_version(
 
 
 def measure(registry, parent: str, scheme: str) -> dict:
-    """Quantize `parent` with the command, then compare the parent and the new version."""
-    from workloads.comparison import measure_latency
-    from workloads.evaluate import compare_versions, load_versions
+    """Quantize `parent` with the command, then compare the parent and the new version (one
+    load of each: the accuracy, footprint and latency come from the same comparison)."""
+    from workloads.evaluate import compare_versions
     from workloads.optimize import main as optimize
 
     optimize(["quantize", "--model", parent, "--scheme", scheme, "--storage", registry.storage.uri])
     name, version = registry.resolve(parent)
     refs = [(name, version), (name, registry.versions(name)[-1])]
-    metrics = compare_versions(registry, refs, costs=False)["metrics"]
-    models = load_versions(registry, refs)
-    latency = measure_latency(models, rounds=ROUNDS, seconds=0.3)
+    comparison = compare_versions(registry, refs, rounds=ROUNDS, seconds=0.3)
+    names, footprint = list(comparison["metrics"]), comparison["footprint"]
     return {
-        "models": [m.name for m in models],
-        "bytes": [m.footprint["bytes"] for m in models],
-        "parameters": [m.footprint["parameters"] for m in models],
-        "accuracy": [metrics[m.name]["accuracy"] for m in models],
-        "latency_ms": [latency[m.name] for m in models],
+        "models": names,
+        "bytes": [footprint[n]["bytes"] for n in names],
+        "parameters": [footprint[n]["parameters"] for n in names],
+        "accuracy": [comparison["metrics"][n]["accuracy"] for n in names],
+        "latency_ms": [footprint[n]["latency_ms"] for n in names],
     }
 
 

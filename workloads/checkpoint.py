@@ -351,11 +351,16 @@ def model_from_state(meta: dict, state: dict, *, policy: CodePolicy) -> torch.nn
 def model_footprint(directory: str | Path) -> dict[str, int]:
     """{"parameters", "bytes"}: stored weights (not quantization scales) and the bytes of the
     model's files (weights and graph; not meta.json or training state)."""
+    from safetensors import safe_open
+
     from workloads.onnx_int8 import parameter_count
 
     files = [Path(directory) / name for name in (WEIGHTS, GRAPH)]
     size = sum(path.stat().st_size for path in files if path.exists())
-    return {"parameters": parameter_count(load_weights(directory)), "bytes": size}
+    # The header's shapes only: load_model has just read the tensors themselves.
+    with safe_open(str(files[0]), framework="pt") as weights:
+        shapes = {key: weights.get_slice(key).get_shape() for key in weights.keys()}  # noqa: SIM118
+    return {"parameters": parameter_count(shapes), "bytes": size}
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:

@@ -178,10 +178,13 @@ def compare_versions(
     address: str | None = None,
     allow_modules: Sequence[str] = (),
     costs: bool = True,
+    rounds: int = 3,
+    seconds: float = 0.1,
 ) -> dict:
     """Every version's metrics on the same rows (the first version's validation split, or every
     row of `data`), and each later version's accuracy against the first's, paired. With
-    `costs`, also each one's parameters, bytes on disk and in-process latency at batch 1, 32."""
+    `costs`, also each one's parameters, bytes on disk and in-process latency at batch 1, 32
+    (`rounds` interleaved measurements of about `seconds` each: workloads/comparison.py)."""
     with one_thread() if costs else contextlib.nullcontext():  # as latency is measured
         models = load_versions(registry, refs, allow_modules=allow_modules)
     rows = Rows.everything(data) if data else Rows.validation_of(models[0])
@@ -198,7 +201,7 @@ def compare_versions(
     ]
     footprint = None
     if costs:
-        latency = measure_latency(models)
+        latency = measure_latency(models, rounds=rounds, seconds=seconds)
         footprint = {m.name: {**m.footprint, "latency_ms": latency[m.name]} for m in models}
     return {
         "rows": len(labels), "data": rows.description, "inference": how, "metrics": metrics,

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import tempfile
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -147,9 +149,11 @@ def join_graph(skeleton: bytes, tensors: dict[str, torch.Tensor], *, scheme: str
     return model.SerializeToString()
 
 
-def parameter_count(tensors: dict[str, torch.Tensor]) -> int:
+def parameter_count(shapes: dict[str, Sequence[int]]) -> int:
     """Weights and biases, not the scales and zero points that describe their quantization."""
-    return sum(t.numel() for name, t in tensors.items() if not name.endswith(QUANT_PARAMS))
+    return sum(
+        math.prod(shape) for name, shape in shapes.items() if not name.endswith(QUANT_PARAMS)
+    )
 
 
 class OnnxModule(nn.Module):
