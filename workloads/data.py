@@ -172,7 +172,9 @@ def fit_tokenizer(train, info: DatasetInfo) -> None:
         for batch in subset.iter_batches(batch_format="numpy", batch_size=4096):
             yield from (text for text in batch[column].tolist() if isinstance(text, str))
 
-    tokenizer = rawinputs.fit_tokenizer(texts(), vocab_size=info.vocab_size)
+    # Sorted: the same texts in any block order give the same tokenizer, so a re-run that
+    # resumes from a checkpoint tokenizes as the weights it loads were trained.
+    tokenizer = rawinputs.fit_tokenizer(sorted(texts()), vocab_size=info.vocab_size)
     info.text = {**(info.text or {}), "tokenizer": tokenizer}
 
 

@@ -15,7 +15,7 @@ import pytest
 from helpers import digits_checkpoint, digits_data, png_base64, tabular_checkpoint, text_checkpoint
 
 from cluster.errors import DataError
-from serve.predictor import Predictor
+from serve.predictor import Predictor, table_instances
 from serve.schemas import RequestError
 from workloads.checkpoint import input_spec_of, prepare_features, read_meta
 from workloads.config import load_job_config
@@ -185,6 +185,15 @@ def test_a_base64_png_predicts_as_its_pixels_do(image_model):
     served = image_model.predict_instances(as_png, max_instances=8)
     as_lists = image_model.predict_instances(images.tolist(), max_instances=8)
     assert served == as_lists
+
+
+def test_raylane_predict_reads_a_parquet_of_png_bytes(image_model):
+    features, labels = digits_data()
+    images = features[:4].reshape(-1, 8, 8)
+    table = pa.table({"features": [png_bytes(i) for i in images], "label": labels[:4]})
+    instances = table_instances(table, image_model.schema)
+    as_lists = image_model.predict_instances(images.tolist(), max_instances=8)
+    assert image_model.predict_instances(instances, max_instances=8) == as_lists
 
 
 @pytest.mark.parametrize(
