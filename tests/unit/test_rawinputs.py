@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import digits_checkpoint, digits_data, png_base64, tabular_checkpoint, text_checkpoint
 
-from cluster.errors import DataError
+from cluster.errors import ConfigError, DataError
 from serve.predictor import Predictor, table_instances
 from serve.schemas import RequestError
 from workloads.checkpoint import input_spec_of, prepare_features, read_meta
@@ -219,3 +219,15 @@ def test_a_numeric_model_refuses_a_string(tmp_path):
     )
     with pytest.raises(RequestError, match=r'instances\[0\] is the string "some text"; expected'):
         predictor.predict_instances(["some text"], max_instances=8)
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("data.text.truncation=middle", r"data\.text\.truncation: .*'right' or 'left'"),
+        ("data.text.max_length=0", r"data\.text\.max_length: .*greater than 0"),
+    ],
+)
+def test_bad_text_settings_name_the_field(setting, says):
+    with pytest.raises(ConfigError, match=says):
+        load_job_config("news-lstm", [setting])
