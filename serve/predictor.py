@@ -22,6 +22,7 @@ the same JSON the HTTP API answers.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 import tempfile
@@ -223,7 +224,10 @@ def table_instances(table, schema: InputSchema) -> list:
             f"the --input file has no column {column!r} (it has: "
             f"{', '.join(table.column_names)}); the model reads its features from {column!r}"
         )
-    return table.column(column).to_pylist()
+    values = table.column(column).to_pylist()
+    if spec.kind == "image":  # a column of PNG/JPEG bytes: sent as a client sends them, base64
+        values = [base64.b64encode(v).decode() if isinstance(v, bytes) else v for v in values]
+    return values
 
 
 def main(argv: Sequence[str] | None = None) -> int:

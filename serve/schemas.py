@@ -16,12 +16,18 @@ What an instance may look like, for a model whose per-instance shape is S (the i
 - named features (a model trained on several named scalar Parquet columns): also a record, an
   object with exactly the feature names as keys in any order, e.g. {"alcohol": 13.2, ...}.
   Records and lists may be mixed; a missing or unknown key is named in the 422.
+- text (`kind: text`): a string, tokenized here with the model's own tokenizer (the one fitted
+  on its training split), so a bad one is refused before it joins a batch.
+- images (`kind: image`): nested lists as above, or a base64 PNG/JPEG string (a `data:` URL
+  too) of the model's width x height, decoded here (grayscale or RGB as the model's channels).
 Raw values are sent: the checkpoint's normalization is applied by the Predictor, exactly as in
 training.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +37,7 @@ from pydantic import BaseModel, Field
 
 from cluster.errors import DataError
 from workloads.checkpoint import InputSpec
+from workloads.rawinputs import decode_image, encode_texts, text_problem
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 BODY_FORM = '{"instances": [instance, ...]}'
@@ -51,7 +58,8 @@ class PredictRequest(BaseModel):
     instances: list[Any] = Field(
         description="Instances to classify: each a flat list of numbers, nested lists of the "
         "model's input shape, a record {feature name: number} (models trained on named "
-        "columns), or (token models) a list of token ids. See GET /v1/models/NAME.",
+        "columns), a string (text models), a base64 PNG/JPEG (image models), or (token models) "
+        "a list of token ids. See GET /v1/models/NAME.",
         examples=[[[0.0] * 64]],
     )
 
@@ -163,6 +171,12 @@ class InputSchema:
 
     def expected(self) -> str:
         """One phrase that says what an instance must be; ends every validation error."""
+        if self.spec.kind == "text":
+            cut = "end" if (self.spec.text or {}).get("truncation") != "left" else "beginning"
+            return (
+                f"expected a non-empty string (tokenized to at most {self.shape[0]} tokens; "
+                f"a longer text loses its {cut})"
+            )
         if self.tokens:
             return (
                 f"expected a list of 1 to {self.shape[0]} integer token ids in "
@@ -176,7 +190,13 @@ class InputSchema:
             )
         if not nested:  # a flat schema such as [30]: the flat list is the only form
             return f"expected a list of {self.size} numbers"
-        return f"expected a flat list of {self.size} numbers or nested lists of shape {nested}"
+        image = ""
+        if self.spec.kind == "image" and len(self.shape) == 3:
+            color = "grayscale" if self.shape[0] == 1 else "RGB"
+            image = f", or a base64 PNG/JPEG of {self.shape[2]}x{self.shape[1]} pixels ({color})"
+        return (
+            f"expected a flat list of {self.size} numbers or nested lists of shape {nested}" + image
+        )
 
     def describe(self) -> dict:
         described = {
@@ -187,6 +207,13 @@ class InputSchema:
             "vocab_size": self.vocab_size,
             "accepts": self.expected().removeprefix("expected "),
         }
+        if self.spec.kind == "text":
+            text = self.spec.text or {}
+            described["text"] = {
+                "max_length": self.shape[0],
+                "truncation": text.get("truncation", "right"),
+                "tokenizer": "BPE subwords, fitted on the training split; sent with the model",
+            }
         if self.spec.named_features:
             types = self.spec.feature_types or (self.dtype,) * self.size
             described["features"] = [
@@ -205,11 +232,21 @@ class InputSchema:
                 f"{len(instances)} instances in one request; at most {max_instances} are "
                 "accepted: split the request",
             )
+        if self.spec.kind == "text":
+            return self._text_rows(instances)
         if self.tokens:
             return np.stack([self._token_row(inst, i) for i, inst in enumerate(instances)])
         if self.spec.named_features and any(isinstance(inst, dict) for inst in instances):
             instances = [self._record_row(inst, i) for i, inst in enumerate(instances)]
-        rows = np.stack([self._float_row(inst, i) for i, inst in enumerate(instances)])
+        images = self.spec.kind == "image" and len(self.shape) == 3
+        rows = np.stack(
+            [
+                self._image_row(inst, i)
+                if images and isinstance(inst, str)
+                else self._float_row(inst, i)
+                for i, inst in enumerate(instances)
+            ]  # fmt: skip
+        )
         return self._check_finite(rows)
 
     # ------------------------------------------------------------------ float features
@@ -272,6 +309,32 @@ class InputSchema:
                 f"{column}; expected finite numbers within float32 range (no NaN or infinity)",
             )
         return rows.astype(np.float32)
+
+    # ------------------------------------------------------------------ text and images
+
+    def _text_rows(self, instances: list) -> np.ndarray:
+        """Strings -> token ids with the model's tokenizer (so tokenizing never fails a batch)."""
+        for index, instance in enumerate(instances):
+            problem = text_problem(instance)
+            if problem:
+                what = problem if isinstance(instance, str) else _json_type(instance)
+                raise RequestError(422, f"instances[{index}] is {what}; {self.expected()}")
+        return encode_texts(instances, self.spec.text or {})
+
+    def _image_row(self, instance: str, index: int) -> np.ndarray:
+        """A base64 PNG/JPEG (or a data: URL of one) -> flat pixels of the model's shape."""
+        where = f"instances[{index}]"
+        encoded = instance.partition(",")[2] if instance.startswith("data:") else instance
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):  # ValueError: characters beyond ASCII
+            raise RequestError(
+                422, f"{where} is a string but not valid base64; {self.expected()}"
+            ) from None
+        try:
+            return decode_image(data, self.shape)
+        except ValueError as error:
+            raise RequestError(422, f"{where} {error}; {self.expected()}") from None
 
     # ------------------------------------------------------------------ token ids
 

@@ -3,6 +3,8 @@
 features, labels = digits_data()                 # raw digits, as clients send them
 directory = digits_checkpoint(tmp / "v1", seed=1)   # a small trained MLP checkpoint
 directory = tabular_checkpoint(tmp / "t", ["a", "b"], mean=[0, 0], std=[1, 1])  # named columns
+directory = text_checkpoint(tmp / "x")             # an (untrained) LSTM on raw strings
+png = png_base64(pixels)                           # an image as a client sends it
 wait_for(lambda: server_is_up(), timeout_s=30, what="the server")
 record = register_local(registry, directory)       # register a local checkpoint (+ report)
 check_report(storage, report_key, checkpoint_dir)   # a stored evaluation report is right
@@ -32,6 +34,7 @@ from workloads.checkpoint import (
 )
 from workloads.config import ModelConfig
 from workloads.data import read_split
+from workloads.datasets import DATASETS
 from workloads.models import build_model, model_spec
 from workloads.trust import CodePolicy
 
@@ -146,6 +149,37 @@ def tokens_checkpoint(directory, *, vocab_size: int = 16, length: int = 8):
     return save_checkpoint(
         directory, model=build_model(spec, policy=CodePolicy.CONFIGURED), meta=meta
     )
+
+
+def text_checkpoint(directory, *, max_length: int = 12, truncation: str = "right"):
+    """An untrained LSTM over raw strings, with a tokenizer fitted on synthetic-news texts."""
+    from workloads.rawinputs import fit_tokenizer
+
+    texts, _ = DATASETS["synthetic-news"].generate(rows=300, seed=0)
+    classes = list(DATASETS["synthetic-news"].class_names)
+    text = {"max_length": max_length, "truncation": truncation}
+    text["tokenizer"] = fit_tokenizer(texts, vocab_size=200)
+    schema = {
+        "kind": "text", "shape": [max_length], "dtype": "int64", "class_names": classes,
+        "vocab_size": 200, "feature_columns": ["text"], "label_column": "topic", "text": text,
+    }  # fmt: skip
+    config = ModelConfig(family="rnn", d_model=8, hidden_size=8, num_layers=1, dropout=0.0)
+    spec = model_spec(config, input_shape=[max_length], num_classes=4, vocab_size=200)
+    torch.manual_seed(0)
+    meta = {"model": spec, "input": schema, "metrics": {}, "epoch": 0, "config": {}}
+    model = build_model(spec, policy=CodePolicy.CONFIGURED)
+    return save_checkpoint(directory, model=model, meta=meta)
+
+
+def png_base64(pixels: np.ndarray) -> str:
+    """A (H, W) grayscale or (H, W, 3) RGB uint8 array as base64 PNG, as a client sends it."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def tabular_checkpoint(

@@ -5,13 +5,15 @@
     @given(body=bodies())          # bytes: mostly {"instances": ...}, also any JSON, any bytes
 
 Bodies are arbitrary bytes, arbitrary JSON, and JSON shaped like the test models' inputs (64
-pixels, 1-8 token ids below 16, records of FEATURES) with arbitrary leaves, depths, keys and
-sizes: the cases that once answered 500 were lists nested deeper than the schema, integers with
+pixels, 1-8 token ids below 16, records of FEATURES, texts, base64 images of any size or none)
+with arbitrary leaves, depths, keys and sizes: the cases that once answered 500 were lists nested deeper than the schema, integers with
 thousands of digits and float32-range pixels that drive a CNN to NaN.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 
 from hypothesis import strategies as st
@@ -109,9 +111,29 @@ def fitting() -> st.SearchStrategy:
     )
 
 
+def png(width: int, height: int, mode: str) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), color=7 if mode == "L" else (7, 8, 9)).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def strings() -> st.SearchStrategy:
+    """Lists of strings, as text models and base64 images arrive: any text (lone surrogates
+    too), base64 of any bytes, and PNGs of the right (8x8) and wrong sizes."""
+    images = st.builds(png, st.integers(1, 12), st.integers(1, 12), st.sampled_from(["L", "RGB"]))
+    texts = st.text(max_size=40).map(json_text) | st.sampled_from(['"\\ud800 a"', '""', '" "'])
+    encoded = st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()) | images
+    instance = texts | encoded.map(json_text) | numbers()
+    return st.lists(instance, min_size=1, max_size=MAX_INSTANCES).map(lambda i: f"[{','.join(i)}]")
+
+
 def instances_fields() -> st.SearchStrategy:
     leaves = numbers()
-    return st.one_of(grids(leaves), deep(leaves), wide(), json_values(), records(), fitting())
+    return st.one_of(
+        grids(leaves), deep(leaves), wide(), json_values(), records(), fitting(), strings()
+    )
 
 
 def bodies() -> st.SearchStrategy:

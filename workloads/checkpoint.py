@@ -6,6 +6,8 @@
     train_state.pt      optional optimizer/scheduler/RNG state, loaded with weights_only=True
     model.onnx          int8 versions only (`raylane optimize quantize`): the ONNX graph, its
                         tensors in model.safetensors; meta.json's `quantization` names the scheme
+    tokenizer.json      a text model's tokenizer (Hugging Face `tokenizers`), named in
+                        meta.json's input.text.tokenizer_file
 
     meta = build_meta(spec=spec, input_spec=info.input_spec(), config=job, epoch=3, ...)
     save_checkpoint(directory, model=model, meta=meta, train_state=state)
@@ -42,6 +44,7 @@ FORMAT_VERSION = 1
 WEIGHTS, META, TRAIN_STATE = "model.safetensors", "meta.json", "train_state.pt"
 GRAPH = "model.onnx"  # an int8 version's graph (workloads/onnx_int8.py)
 QUANTIZATION = "quantization"  # meta.json field of an int8 version: {"scheme", "runtime"}
+TOKENIZER = "tokenizer.json"
 LAYOUT = VersionLayout(required=(WEIGHTS, META), marker=META)
 
 
@@ -79,10 +82,11 @@ class InputSpec:
     columns (several scalar columns: one feature each, in this order; one column: a list per
     row); `feature_types` their Parquet types (named scalar columns only), shown to clients
     who send records; `normalization` is the train split's mean/std, applied in
-    `prepare_features`.
+    `prepare_features`. `text` (kind "text": one string column, tokenized to `shape` [L]) holds
+    max_length, truncation and, in memory, the tokenizer's JSON (on disk: tokenizer.json).
     """
 
-    kind: str  # "image" | "tabular" | "tokens"
+    kind: str  # "image" | "tabular" | "tokens" | "text"
     shape: tuple[int, ...]
     dtype: str  # "float32" | "int64"
     class_names: tuple[str, ...]
@@ -92,6 +96,7 @@ class InputSpec:
     vocab_size: int | None = None
     normalization: dict | None = field(default=None, compare=False)
     feature_types: tuple[str, ...] | None = None
+    text: dict | None = field(default=None, compare=False)
 
     @classmethod
     def from_dict(cls, section: Any) -> InputSpec:
@@ -108,6 +113,7 @@ class InputSpec:
                 vocab_size=section.get("vocab_size"),
                 normalization=section.get("normalization"),
                 feature_types=_strings(section.get("feature_types")),
+                text=dict(section["text"]) if section.get("text") else None,
             )
         except (AttributeError, TypeError, KeyError, ValueError) as error:
             raise DataError(
@@ -142,15 +148,44 @@ def _strings(values: Any) -> tuple[str, ...] | None:
 
 
 def stack_features(batch: dict[str, np.ndarray], columns: tuple[str, ...] | list[str]):
-    """Columns of a batch -> one 2-D array of flat rows, columns in the spec's order."""
+    """Columns of a batch -> one 2-D array of flat rows, columns in the spec's order; a column
+    of raw values (strings, encoded images) stays a 1-D object array, one value per row."""
     if len(columns) == 1:
         values = batch[columns[0]]
-        return np.stack(values) if values.dtype == object else values.reshape(len(values), -1)
+        if is_raw(values):
+            return np.asarray(values, dtype=object)
+        if values.dtype != object:
+            return values.reshape(len(values), -1)
+        stacked = np.stack(values)
+        if stacked.dtype == object:  # nested lists (image arrays) arrive as arrays of arrays
+            stacked = np.asarray(stacked.tolist())
+        return stacked.reshape(len(values), -1)
     return np.stack([batch[c] for c in columns], axis=1)
 
 
+def is_raw(values: np.ndarray) -> bool:
+    """Strings or bytes, one per row: decoded by `prepare_features`, not cast."""
+    if values.dtype.kind in "US":
+        return True
+    return values.dtype == object and len(values) > 0 and isinstance(values[0], str | bytes)
+
+
+def decode_raw(rows: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Raw rows -> flat numeric rows: texts into token ids, images (encoded, or arrays held
+    as objects) into pixels. Numeric rows pass through."""
+    from workloads import rawinputs
+
+    if rows.dtype.kind not in "OUS":
+        return rows
+    if spec.kind == "text":
+        return rawinputs.encode_texts(rows.tolist(), spec.text or {})
+    return rawinputs.decode_images(rows, spec.shape)
+
+
 def prepare_features(rows: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Flat rows -> model input: cast, normalize, reshape. Training and serving both call it."""
+    """Flat rows -> model input: decode, cast, normalize, reshape. Training and serving both
+    call it."""
+    rows = decode_raw(rows, spec)
     x = rows.reshape(len(rows), -1).astype(np.dtype(spec.dtype), copy=False)
     if spec.normalization:
         mean = np.asarray(spec.normalization["mean"], np.float32)
@@ -244,6 +279,7 @@ def save_quantized(
 
 
 def _write_meta(directory: Path, meta: dict) -> Path:
+    meta = _tokenizer_to_file(meta, directory)
     full_meta = {"format_version": FORMAT_VERSION, "versions": library_versions(), **meta}
     (directory / META).write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str))
     return directory
@@ -268,6 +304,32 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
             f"{path} has checkpoint format {version!r}; this raylane reads format "
             f"{FORMAT_VERSION}: re-export the checkpoint or upgrade raylane"
         )
+    return _tokenizer_from_file(meta, Path(directory))
+
+
+def _tokenizer_to_file(meta: dict, directory: Path) -> dict:
+    """A text model's tokenizer goes to its own file, which meta.json names."""
+    text = (meta.get("input") or {}).get("text")
+    if not (text and text.get("tokenizer")):
+        return meta
+    (directory / TOKENIZER).write_text(text["tokenizer"])
+    text = {k: v for k, v in text.items() if k != "tokenizer"} | {"tokenizer_file": TOKENIZER}
+    return {**meta, "input": {**meta["input"], "text": text}}
+
+
+def _tokenizer_from_file(meta: dict, directory: Path) -> dict:
+    """meta with the tokenizer that meta.json names read back into input.text.tokenizer."""
+    text = (meta.get("input") or {}).get("text") if isinstance(meta.get("input"), dict) else None
+    if not (isinstance(text, dict) and text.get("tokenizer_file")):
+        return meta
+    path = directory / TOKENIZER
+    try:
+        text["tokenizer"] = path.read_text()
+    except (FileNotFoundError, UnicodeDecodeError) as error:
+        raise DataError(
+            f"{path} is missing or unreadable ({type(error).__name__}), but {META} names it: "
+            "register the version again from a complete checkpoint"
+        ) from None
     return meta
 
 

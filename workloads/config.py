@@ -54,6 +54,18 @@ class ModelConfig(Strict):
         return self
 
 
+class TextConfig(Strict):
+    """How a text column becomes token ids (a subword tokenizer fitted on the training split)."""
+
+    max_length: int = Field(default=64, gt=0, le=4096, description="tokens per text, padded")
+    truncation: Literal["right", "left"] = Field(
+        default="right", description="right: a long text keeps its beginning; left: its end"
+    )
+    vocab_size: int = Field(
+        default=4000, ge=16, le=1_000_000, description="subword vocabulary size, at most"
+    )
+
+
 class DataConfig(Strict):
     """Where the examples are and which columns hold features and labels."""
 
@@ -72,6 +84,7 @@ class DataConfig(Strict):
     rows: int = Field(default=20_000, gt=0, description="rows of synthetic-* datasets")
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     normalize: bool = Field(default=True, description="standardize float features")
+    text: TextConfig = Field(default=TextConfig(), description="for a text (string) column")
     seed: int = 0
 
     @model_validator(mode="after")

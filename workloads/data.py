@@ -8,6 +8,9 @@ Embedded datasets land in `<storage>/datasets/<name>/` as Parquet parts plus `da
 (feature shape and dtype, class names, vocabulary, fingerprint), written last so that a
 half-written dataset is never used. A user dataset is any Parquet file or directory
 (`data.dataset=parquet data.path=s3://... data.feature_columns=[...] data.label_column=y`).
+One string column is text: a subword tokenizer is fitted on its training split (`fit_tokenizer`)
+and each text becomes `data.text.max_length` token ids. One column of encoded PNG/JPEG bytes,
+or of fixed-shape arrays ([C][H][W] or [H][W] nested lists), is images of one size [C, H, W].
 
 Training never loads the data on the driver: Ray Data reads the Parquet, splits train and
 validation by a hash of each row's features (deterministic, no shuffle of the whole set), and
@@ -20,6 +23,7 @@ normalization (`check_and_normalize`).
 from __future__ import annotations
 
 import hashlib
+import zlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -27,8 +31,9 @@ import pyarrow as pa
 
 from cluster.errors import DataError
 from cluster.storage import Storage
+from workloads import rawinputs
 from workloads.checkpoint import InputSpec, encode_labels, stack_features
-from workloads.config import DataConfig
+from workloads.config import DataConfig, TextConfig
 from workloads.datacheck import (
     DATA_TASK_CPUS,
     check_feature_types,
@@ -41,13 +46,15 @@ from workloads.datasets import DATASETS
 
 MANIFEST = "dataset.json"
 ROWS_PER_PART = 100_000
+IMAGE_SAMPLE = 1000  # images whose size is checked up front; a later odd one fails its batch
+TOKENIZER_ROWS = 200_000  # training texts the tokenizer is fitted on, at most
 
 
 @dataclass
 class DatasetInfo:
     """What training and serving need to know about the examples."""
 
-    kind: str  # "image" | "tabular" | "tokens"
+    kind: str  # "image" | "tabular" | "tokens" | "text"
     feature_shape: list[int]
     feature_dtype: str  # "float32" | "int64"
     class_names: list[str]
@@ -61,6 +68,7 @@ class DatasetInfo:
     # "index": labels are already 0..K-1; "names": str(label) is looked up in class_names.
     label_encoding: str = "index"
     feature_types: list[str] | None = None  # Parquet types of named scalar feature columns
+    text: dict | None = None  # kind "text": max_length, truncation, tokenizer (JSON, once fit)
 
     @property
     def num_classes(self) -> int:
@@ -79,6 +87,7 @@ class DatasetInfo:
             vocab_size=self.vocab_size,
             normalization=self.normalization,
             feature_types=tuple(self.feature_types) if self.feature_types else None,
+            text=self.text,
         )
 
 
@@ -94,24 +103,23 @@ def prepare(storage: Storage, name: str, *, rows: int = 20_000, seed: int = 0) -
     if storage.exists(f"{key}/{MANIFEST}"):
         return DatasetInfo(**storage.read_json(f"{key}/{MANIFEST}"))
     features, labels = dataset.generate(rows=rows, seed=seed)
-    flat = features.reshape(len(features), -1)
+    flat = features if features.dtype == object else features.reshape(len(features), -1)
     digest = hashlib.sha256(f"{name}:{rows}:{seed}".encode())
     import pyarrow.parquet as pq
 
     for part, start in enumerate(range(0, len(flat), ROWS_PER_PART)):
         chunk = flat[start : start + ROWS_PER_PART]
+        column, raw = _feature_column(chunk)
         table = pa.table(
             {
-                "features": pa.FixedSizeListArray.from_arrays(
-                    pa.array(chunk.ravel()), flat.shape[1]
-                ),
+                "features": column,
                 "label": pa.array(labels[start : start + ROWS_PER_PART].astype(np.int64)),
             }
         )
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer)
         storage.write_bytes(f"{key}/part-{part:05d}.parquet", buffer.getvalue().to_pybytes())
-        digest.update(chunk.tobytes())
+        digest.update(raw)
     info = DatasetInfo(
         kind=dataset.kind,
         feature_shape=list(features.shape[1:]),
@@ -128,14 +136,54 @@ def prepare(storage: Storage, name: str, *, rows: int = 20_000, seed: int = 0) -
     return info
 
 
+def _feature_column(chunk: np.ndarray) -> tuple[pa.Array, bytes]:
+    """Generated features as a Parquet column (strings, or fixed-size lists of numbers), and
+    their bytes for the fingerprint."""
+    if chunk.dtype == object:
+        texts = [str(text) for text in chunk]
+        return pa.array(texts, pa.string()), "\n".join(texts).encode()
+    column = pa.FixedSizeListArray.from_arrays(pa.array(chunk.ravel()), chunk.shape[1])
+    return column, chunk.tobytes()
+
+
 # ---------------------------------------------------------------------- reading for training
 
 
 def resolve(config: DataConfig, storage: Storage) -> DatasetInfo:
     """Dataset facts for a config: embedded sets are prepared on first use."""
     if config.dataset != "parquet":
-        return prepare(storage, config.dataset, rows=config.rows, seed=config.seed)
-    return inspect_parquet(config)
+        info = prepare(storage, config.dataset, rows=config.rows, seed=config.seed)
+    else:
+        info = inspect_parquet(config)
+    return with_text_settings(info, config.text)
+
+
+def with_text_settings(info: DatasetInfo, text: TextConfig) -> DatasetInfo:
+    """A text dataset's model input: `max_length` token ids below `vocab_size`."""
+    if info.kind != "text":
+        return info
+    info.feature_shape, info.feature_dtype = [text.max_length], "int64"
+    info.vocab_size = text.vocab_size
+    info.text = {"max_length": text.max_length, "truncation": text.truncation}
+    return info
+
+
+def fit_tokenizer(train, info: DatasetInfo) -> None:
+    """Fit a text dataset's tokenizer on (up to TOKENIZER_ROWS of) its training split, in
+    place: it then travels in the input spec to the workers and into every checkpoint."""
+    if info.kind != "text":
+        return
+    column = info.feature_columns[0]
+
+    def texts():
+        subset = train.select_columns([column]).limit(TOKENIZER_ROWS)
+        for batch in subset.iter_batches(batch_format="numpy", batch_size=4096):
+            yield from (text for text in batch[column].tolist() if isinstance(text, str))
+
+    # Sorted: the same texts in any block order give the same tokenizer, so a re-run that
+    # resumes from a checkpoint tokenizes as the weights it loads were trained.
+    tokenizer = rawinputs.fit_tokenizer(sorted(texts()), vocab_size=info.vocab_size)
+    info.text = {**(info.text or {}), "tokenizer": tokenizer}
 
 
 def inspect_parquet(config: DataConfig) -> DatasetInfo:
@@ -156,7 +204,8 @@ def inspect_parquet(config: DataConfig) -> DatasetInfo:
             f"column(s) {', '.join(missing)} not in {config.path}; it has: "
             f"{', '.join(schema.names)} (set data.feature_columns / data.label_column)"
         )
-    shape = _feature_shape(config, schema, dataset)
+    raw = _raw_input(config, schema, dataset)
+    kind, shape = raw if raw else ("tabular", _feature_shape(config, schema, dataset))
     labels = dataset.to_table(columns=[config.label_column]).column(0)
     check_labels(config.label_column, labels)
     values = pa.compute.unique(labels).to_pylist()
@@ -175,7 +224,7 @@ def inspect_parquet(config: DataConfig) -> DatasetInfo:
     for fragment in dataset.get_fragments():
         digest.update(f"{fragment.path}:{fs.get_file_info(fragment.path).size}".encode())
     return DatasetInfo(
-        kind="tabular",
+        kind=kind,
         feature_shape=shape,
         feature_dtype="float32",
         class_names=classes,
@@ -207,6 +256,36 @@ def parquet_files(fs, path: str) -> list[str]:
     if not files:
         raise FileNotFoundError(f"no .parquet files under {path}")
     return files
+
+
+def _raw_input(config: DataConfig, schema: pa.Schema, dataset) -> tuple[str, list[int]] | None:
+    """("text", []) for one string column; ("image", [C, H, W]) for one column of encoded
+    images or of nested fixed-shape arrays, all of one size; None for numeric features."""
+    if len(config.feature_columns) != 1:
+        return None
+    column = config.feature_columns[0]
+    type_ = schema.field(column).type
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return "text", []
+    encoded = pa.types.is_binary(type_) or pa.types.is_large_binary(type_)
+    nested = is_list(type_) and is_list(type_.value_type)
+    if not (encoded or nested):
+        return None
+    sample = [v for v in dataset.head(IMAGE_SAMPLE, columns=[column]).column(0).to_pylist() if v]
+    try:
+        shapes = {rawinputs.image_shape(v) if encoded else np.shape(v) for v in sample}
+    except ValueError as error:
+        raise DataError(f"image column {column!r}: a value {error}") from None
+    if len(shapes) != 1:
+        shown = ", ".join(str(list(shape)) for shape in sorted(shapes)[:4])
+        raise DataError(
+            f"image column {column!r} mixes image shapes ({shown}); every image must have the "
+            "same size and channels: resize them first"
+        )
+    shape = list(shapes.pop())
+    if len(shape) not in (2, 3):
+        raise DataError(f"image column {column!r} holds arrays of shape {shape}; use [C][H][W]")
+    return "image", [1, *shape] if len(shape) == 2 else shape
 
 
 def _feature_shape(config: DataConfig, schema: pa.Schema, dataset) -> list[int]:
@@ -322,7 +401,11 @@ def row_hashes(batch: dict[str, np.ndarray], feature_columns) -> np.ndarray:
 
 
 def _row_hash(features: np.ndarray) -> np.ndarray:
-    """A deterministic 32-bit hash per row of a 2-D array (FNV-1a over its bytes)."""
+    """A deterministic 32-bit hash per row of a 2-D array (FNV-1a over its bytes), or of raw
+    values (CRC-32 of each text's UTF-8 or each image's bytes)."""
+    if features.dtype == object:
+        raw = [v.encode() if isinstance(v, str) else bytes(v or b"") for v in features]
+        return np.array([zlib.crc32(value) for value in raw], dtype=np.int64)
     raw = np.ascontiguousarray(features.reshape(len(features), -1)).view(np.uint8)
     raw = raw.reshape(len(features), -1).astype(np.uint64)
     hashes = np.full(len(features), 2166136261, dtype=np.uint64)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cluster.errors import DataError
-from workloads.checkpoint import stack_features
+from workloads.checkpoint import InputSpec, decode_raw, stack_features
 from workloads.config import DataConfig
 
 # Ray Data tasks ask for a fraction of a CPU so they can run beside fractional training
@@ -51,7 +51,8 @@ def check_feature_types(config: DataConfig, schema: pa.Schema) -> None:
     if bad:
         raise DataError(
             f"feature column(s) {', '.join(bad)} are not numbers: encode them as numbers "
-            "(e.g. category codes or one-hot columns) or leave them out of data.feature_columns"
+            "(e.g. category codes or one-hot columns), leave them out of data.feature_columns, "
+            "or make a text or image column the only feature column"
         )
 
 
@@ -79,7 +80,8 @@ def scan_features(dataset, info) -> dict[str, np.ndarray]:
     """One Ray Data pass over a split: `feature_stats` of each batch, summed."""
     width = int(np.prod(info.feature_shape))
     parts = dataset.map_batches(
-        feature_stats, fn_kwargs={"columns": info.feature_columns, "width": width},
+        feature_stats,
+        fn_kwargs={"columns": info.feature_columns, "width": width, "spec": info.input_spec()},
         batch_format="numpy", num_cpus=DATA_TASK_CPUS,
     ).take_all()  # fmt: skip
     return {key: sum(part[key] for part in parts) for key in STATS}
@@ -88,17 +90,24 @@ def scan_features(dataset, info) -> dict[str, np.ndarray]:
 STATS = ("n", "s", "q", "bad", "ragged")
 
 
-def feature_stats(batch: dict[str, np.ndarray], columns, width: int) -> dict[str, np.ndarray]:
+def feature_stats(
+    batch: dict[str, np.ndarray], columns, width: int, spec: InputSpec | None = None
+) -> dict[str, np.ndarray]:
     """Rows `n`, per-feature sums `s` and squares `q` of the finite values, per-feature counts
     `bad` of NaN, infinite or missing values (a null reaches numpy as NaN), and `ragged`: rows
-    of a list column that are null or not `width` numbers long (np.stack would fail on them)."""
+    of a list column that are null or not `width` numbers long (np.stack would fail on them).
+    Encoded images are decoded first, as training decodes them (`spec`)."""
     values = batch[columns[0]]
     ragged = np.zeros(len(values), bool)
-    if len(columns) == 1 and values.dtype == object:
-        ragged = np.array([v is None or np.size(v) != width for v in values], bool)
-        batch = {columns[0]: np.array([np.full(width, np.nan) if r else v
-                                       for v, r in zip(values, ragged, strict=True)])}  # fmt: skip
-    x = stack_features(batch, columns).astype(np.float64)
+    if spec is not None and len(values) and isinstance(values[0], bytes | str):
+        x = decode_raw(stack_features(batch, columns), spec).reshape(len(values), -1)
+    else:
+        if len(columns) == 1 and values.dtype == object:
+            ragged = np.array([v is None or np.size(v) != width for v in values], bool)
+            batch = {columns[0]: np.array([np.full(width, np.nan) if r else v
+                                           for v, r in zip(values, ragged, strict=True)])}  # fmt: skip
+        x = stack_features(batch, columns)
+    x = x.astype(np.float64)
     bad = ~np.isfinite(x) & ~ragged[:, None]
     x = np.where(bad | ragged[:, None], 0.0, x)
     return {"n": np.array([len(x)]), "s": x.sum(0)[None], "q": (x * x).sum(0)[None],

@@ -23,7 +23,7 @@ class EmbeddedDataset:
     """One embedded dataset: its facts and a generator of (features, labels)."""
 
     name: str
-    kind: str  # "image" | "tabular" | "tokens": how the features are read and served
+    kind: str  # "image" | "tabular" | "tokens" | "text": how the features are read and served
     description: str
     class_names: tuple[str, ...]
     make: Callable[[int, int], tuple[np.ndarray, np.ndarray]]  # (rows, seed) -> arrays
@@ -84,6 +84,40 @@ def _synthetic_text(rows: int, seed: int):
     return tokens.astype(np.int64), labels
 
 
+NEWS_TOPICS = {
+    "sports": "match team goal coach season league players scored striker tournament referee "
+    "championship stadium playoff defender winning",
+    "science": "research scientists experiment laboratory physics molecules telescope genome "
+    "theory observed researchers quantum particles climate study discovered",
+    "business": "market shares investors profits earnings company stocks quarterly revenue "
+    "economy merger banking inflation trading analysts billion",
+    "food": "recipe kitchen chef flavour baking dinner restaurant cooking sauce dessert "
+    "ingredients roasted delicious spices menu tasting",
+}
+NEWS_FILLER = (
+    "the a of and to in on for with was were is at by this that from after before new "
+    "local yesterday today week report says said people many more about over their its"
+)
+
+
+def _synthetic_news(rows: int, seed: int):
+    """Short English texts whose class is their topic: each holds 2-4 words of its own topic's
+    vocabulary and at most one of another topic's, among common filler words in random order.
+    Many topic words share stems (play, score, research), so subwords help a tokenizer."""
+    rng = np.random.default_rng(seed)
+    topics = [words.split() for words in NEWS_TOPICS.values()]
+    labels = rng.integers(0, len(topics), size=rows)
+    texts = np.empty(rows, dtype=object)
+    for i, label in enumerate(labels):
+        words = list(rng.choice(topics[label], size=rng.integers(2, 5)))
+        if rng.random() < 0.5:
+            other = (label + rng.integers(1, len(topics))) % len(topics)
+            words.append(rng.choice(topics[other]))
+        words += list(rng.choice(NEWS_FILLER.split(), size=rng.integers(4, 12)))
+        texts[i] = " ".join(str(word) for word in rng.permutation(words)).capitalize() + "."
+    return texts, labels
+
+
 DATASETS: dict[str, EmbeddedDataset] = {
     d.name: d
     for d in (
@@ -103,6 +137,10 @@ DATASETS: dict[str, EmbeddedDataset] = {
             "synthetic-text", "tokens", "token sequences, class = most frequent keyword",
             tuple(f"topic_{c}" for c in range(TEXT_CLASSES)), _synthetic_text, sized=True,
             vocab_size=TEXT_VOCAB,
+        ),
+        EmbeddedDataset(
+            "synthetic-news", "text", "English news snippets (strings), class = their topic",
+            tuple(NEWS_TOPICS), _synthetic_news, sized=True,
         ),
     )
 }  # fmt: skip

@@ -212,9 +212,11 @@ class PreparedData:
 def prepare_data(
     config: JobConfig, storage: Storage, info: data.DatasetInfo | None = None
 ) -> PreparedData:
-    """Read and split the configured dataset with Ray Data; normalization from the train split."""
+    """Read and split the configured dataset with Ray Data; normalization (and a text
+    column's tokenizer) fitted on the train split."""
     info = info or data.resolve(config.data, storage)
     train, validation = data.load_splits(config.data, info)
+    data.fit_tokenizer(train, info)
     normalize = config.data.normalize
     info.normalization = data.check_and_normalize(train, validation, info, normalize=normalize)
     return PreparedData(info, train, validation)

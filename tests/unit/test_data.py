@@ -30,6 +30,8 @@ def test_every_embedded_dataset_generates_what_its_table_entry_says(name):
     assert set(np.unique(labels)) == set(range(len(dataset.class_names)))
     if dataset.kind == "tokens":
         assert features.dtype == np.int64 and features.max() < dataset.vocab_size
+    elif dataset.kind == "text":
+        assert features.dtype == object and all(isinstance(text, str) for text in features)
     else:
         assert features.dtype == np.float32
     assert tuple(DATASETS) == EMBEDDED_DATASETS

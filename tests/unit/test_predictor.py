@@ -200,7 +200,9 @@ def test_schema_describes_what_it_accepts(digits):
     described = digits.schema.describe()
     assert described["shape"] == DIGITS_SHAPE
     assert described["classes"] == [str(c) for c in range(10)]
-    assert described["accepts"].endswith("nested lists of shape [1, 8, 8] or [8, 8]")
+    assert described["accepts"].endswith(
+        "nested lists of shape [1, 8, 8] or [8, 8], or a base64 PNG/JPEG of 8x8 pixels (grayscale)"
+    )
     with pytest.raises(DataError, match="no usable 'input' section"):
         InputSchema.from_meta({"model": {}})
 

@@ -1,7 +1,7 @@
 """Every request body a client can send gets an answer, never a crash: property tests of the
 whole request path in-process (bytes -> JSON -> instances -> rows -> model -> JSON response).
 
-    pytest tests/unit/test_request_fuzz.py     # 500 bodies for each of 4 models
+    pytest tests/unit/test_request_fuzz.py     # 500 bodies for each of 5 models
 
 The property: the path either answers with a JSON body or raises a RequestError whose status
 is a 4xx and whose message says what is wrong; any other exception would be a 500 in
@@ -14,7 +14,7 @@ import json
 import math
 
 import pytest
-from helpers import digits_checkpoint, tabular_checkpoint, tokens_checkpoint
+from helpers import digits_checkpoint, tabular_checkpoint, text_checkpoint, tokens_checkpoint
 from hypothesis import HealthCheck, event, given, settings
 from request_bodies import FEATURES, MAX_INSTANCES, bodies
 
@@ -32,6 +32,7 @@ def predictors(tmp_path_factory) -> dict[str, Predictor]:
         "cnn": digits_checkpoint(root / "cnn", seed=1, steps=2, family="cnn"),
         "tokens": tokens_checkpoint(root / "tokens"),
         "records": tabular_checkpoint(root / "records", FEATURES, mean=[13, 2.4, 1], std=[1] * 3),
+        "text": text_checkpoint(root / "text"),  # raw strings; the CNN takes base64 PNGs
     }
     return {  # the checkpoints are the test's own: their code may be trusted
         kind: Predictor.from_checkpoint(path, name=kind, version=1, policy=CodePolicy.CONFIGURED)
@@ -65,7 +66,7 @@ FUZZ = settings(
 )
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn", "tokens", "records"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "tokens", "records", "text"])
 @FUZZ
 @given(body=bodies())
 def test_any_body_gets_a_json_answer_or_a_4xx_that_says_why(predictors, one_thread, kind, body):
