@@ -19,7 +19,10 @@ from collections.abc import Sequence
 from cluster.errors import run_cli
 
 # method -> (module with main(argv), one-line help). Modules are imported only when chosen.
-METHODS: dict[str, tuple[str, str]] = {}
+METHODS: dict[str, tuple[str, str]] = {
+    "prune": ("workloads.prune", "magnitude pruning (--structured: smaller MLP), recovery epochs"),
+    "distill": ("workloads.distill", "train a smaller student on a teacher's soft targets"),
+}
 
 
 def usage() -> str:

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from cluster.storage import Storage
+from workloads import recipe as recipes
 from workloads import sharding
 from workloads.checkpoint import (
     InputSpec,
@@ -60,13 +61,15 @@ class LoopConfig:
     data_fingerprint: str
     data_uri: str
     tracked_run: TrackedRun | None = None  # the MLflow run rank 0 logs to; None: tracking off
+    recipe: recipes.Recipe | None = None  # fine-tune, prune or distill (workloads/recipe.py)
 
     def meta(self, *, epoch: int, metrics: dict) -> dict:
+        lineage = {"lineage": self.recipe.lineage} if self.recipe and self.recipe.lineage else {}
         return build_meta(
             spec=self.spec, input_spec=self.input_spec, config=self.job.model_dump(),
             run_name=self.job.name, data_fingerprint=self.data_fingerprint,
             data_uri=self.data_uri, epoch=epoch, metrics=metrics,
-        )  # fmt: skip
+        ) | lineage  # fmt: skip
 
 
 def train_loop_per_worker(train_loop_config: dict) -> None:
@@ -83,8 +86,10 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
     autocast_dtype, scaler = mixed_precision(job.train, device)
     # The class was named by this job's own config, so CONFIGURED (workloads/trust.py).
     model = build_model(loop.spec, policy=CodePolicy.CONFIGURED)
+    hooks = recipes.apply(model, loop.recipe, job.train, storage_uri=loop.storage_uri,
+                          input_spec=loop.input_spec, device=device)  # fmt: skip
     model = wrap_model(model, job.train, device=device, dtype=autocast_dtype)
-    optimizer = make_optimizer(model, job.train)
+    optimizer = make_optimizer(model, job.train, pretrained=hooks.pretrained)
     scheduler = make_scheduler(optimizer, job.train)
     start_epoch = restore(model, optimizer, scheduler, scaler, job.train.strategy)
     nodes = gather(ray.get_runtime_context().get_node_id())
@@ -118,8 +123,10 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
                     scaler=scaler,
                     autocast_dtype=autocast_dtype,
                     device_type=device.type,
+                    loss_fn=hooks.loss_fn,
                 )
             )
+            hooks.after_step(model)
             samples += labels.shape[0]
         train_seconds = time.perf_counter() - started
         scheduler.step()
@@ -244,15 +251,27 @@ class Collate(NumpyBatchCollateFn):
         return torch.as_tensor(features), torch.as_tensor(labels)
 
 
-def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; biases and norm weights (1-D tensors) get no weight decay."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=train.lr)
+def make_optimizer(
+    model: torch.nn.Module, train: TrainConfig, *, pretrained: frozenset[str] = frozenset()
+) -> torch.optim.Optimizer:
+    """AdamW; biases and norm weights (1-D tensors) get no weight decay; the `pretrained`
+    parameters (loaded by train.init_from) learn at lr * train.pretrained_lr_scale."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, parameter in unwrap(model).named_parameters():
+        if parameter.requires_grad:
+            groups.setdefault((parameter.ndim < 2, name in pretrained), []).append(parameter)
+    # Sorted so that a resumed run's optimizer state lines up with the same groups.
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "weight_decay": 0.0 if no_decay else train.weight_decay,
+                "lr": train.lr * (train.pretrained_lr_scale if loaded else 1.0),
+            }
+            for (no_decay, loaded), params in sorted(groups.items())
+        ],
+        lr=train.lr,
+    )
 
 
 def make_scheduler(optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
