@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from cluster.errors import ConfigError, run_cli
 from cluster.registry import check_name
+from cluster.runtime import use_code
 from cluster.storage import Storage
 from workloads import data
 from workloads.config import load_job_config, presets
@@ -62,6 +63,7 @@ def check_settings(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_code(args.working_dir, args.py_modules)  # before a config names a custom class
     check_settings(args)
     storage = Storage.from_uri(args.storage)
     check_name(args.register)  # a bad name fails before training, not after

@@ -27,7 +27,7 @@ from cluster.errors import ConfigError
 from cluster.storage import Storage
 from workloads.checkpoint import InputSpec, input_spec_of, meta_key, open_registry
 from workloads.config import JobConfig
-from workloads.models import build_model
+from workloads.models import build_model, count_parameters
 from workloads.recipe import Recipe
 from workloads.trust import CodePolicy
 
@@ -172,4 +172,11 @@ def train_and_register(config: JobConfig, storage: Storage, recipe: Recipe,
     from workloads.train import register_run, run_training
 
     summary = run_training(config, storage, address=args.address, recipe=recipe)
-    return register_run(storage, summary, args.register, args.promote)
+    record = register_run(storage, summary, args.register, args.promote)
+    parent = resolve_parent(storage, recipe.lineage["parent"])
+    child = resolve_parent(storage, f"{record['name']}:{record['version']}")
+    sizes = [count_parameters(build_model(p.meta["model"], policy=CodePolicy.CONFIGURED))
+             for p in (parent, child)]  # fmt: skip
+    print(f"parameters: {parent.ref} {sizes[0]:,} -> {child.ref} {sizes[1]:,} "
+          f"({sizes[1] / sizes[0]:.2f}x)")  # fmt: skip
+    return record

@@ -32,6 +32,7 @@ from torch import nn
 from cluster.config import apply_overrides, validate
 from cluster.errors import ConfigError, run_cli
 from cluster.registry import check_name
+from cluster.runtime import use_code
 from cluster.storage import Storage
 from workloads.checkpoint import LAYOUT, load_weights, save_checkpoint
 from workloads.config import JobConfig
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_code(args.working_dir, args.py_modules)  # before a config names a custom class
     if not 0 < args.sparsity < 1:
         raise ConfigError(
             f"--sparsity is the fraction of weights removed and lies strictly between 0 and 1, "

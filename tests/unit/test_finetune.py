@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import digits_checkpoint, register_local
 
 from cluster.errors import ConfigError, NotFoundError
 from cluster.storage import Storage
-from tests.helpers import digits_checkpoint, register_local
 from workloads.checkpoint import InputSpec, load_weights, open_registry
 from workloads.config import ModelConfig, load_job_config
 from workloads.finetune import Parent, check_input, head_layers, plan, resolve_parent
 from workloads.models import build_model, model_spec
 from workloads.recipe import Recipe, apply, freeze, load_start
+from workloads.train import build_parser, config_from_args
 from workloads.trust import CodePolicy
 from workloads.worker import make_optimizer
 
@@ -112,3 +113,10 @@ def test_apply_without_a_recipe_changes_nothing():
                   input_spec=None, device=torch.device("cpu"))  # fmt: skip
     assert hooks.pretrained == frozenset() and hooks.loss_fn is None and not hooks.masks
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_init_from_is_a_train_flag_and_a_config_field_checked_as_a_model_reference():
+    args = build_parser().parse_args(["--config", "debug", "--init-from", "digits@production"])
+    assert config_from_args(args).train.init_from == "digits@production"
+    with pytest.raises(ConfigError, match="train.init_from: malformed model reference"):
+        load_job_config("debug", ["train.init_from=Digits@@x"])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import digits_checkpoint, register_local, tabular_checkpoint
 
 from cluster.errors import ConfigError, NotFoundError
 from cluster.storage import Storage
-from tests.helpers import digits_checkpoint, register_local, tabular_checkpoint
 from workloads import distill, prune
 from workloads.checkpoint import InputSpec, load_model, open_registry
 from workloads.config import ModelConfig
