@@ -127,3 +127,21 @@ def test_a_teacher_with_other_inputs_is_one_error_before_training(tmp_path):
     with pytest.raises(ConfigError, match="--alpha is a weight between 0 and 1"):
         distill.main(["--teacher", "wine:1", "--config", "debug", "--register", "small",
                       "--alpha", "2"])  # fmt: skip
+
+
+def test_a_pruned_checkpoint_whose_meta_lies_about_its_sizes_fails_to_load_clearly(tmp_path):
+    from cluster.errors import DataError
+    from workloads.checkpoint import load_weights, read_meta, save_checkpoint
+
+    source = digits_checkpoint(tmp_path / "wide", seed=1, steps=2)
+    meta = read_meta(source)
+    spec, weights, _ = prune.prune_neurons(meta["model"], load_weights(source), 0.5)
+    small = build_model(spec, policy=CodePolicy.CONFIGURED)
+    small.load_state_dict(weights)
+    save_checkpoint(tmp_path / "pruned", model=small, meta={**meta, "model": spec})
+    assert count_parameters(load_model(tmp_path / "pruned", policy=CodePolicy())[0]) < 1400
+
+    tampered = {**spec, "kwargs": {**spec["kwargs"], "hidden_sizes": [32]}}  # the parent's
+    save_checkpoint(tmp_path / "pruned", model=small, meta={**meta, "model": tampered})
+    with pytest.raises(DataError, match="do not fit the model in meta.json"):
+        load_model(tmp_path / "pruned", policy=CodePolicy())
