@@ -501,7 +501,8 @@ def test_a_structurally_pruned_version_is_a_smaller_model_that_serves(served, tm
     save_checkpoint(tmp_path / "pruned", model=small, meta={**meta, "model": spec})
     version = served.registry.register("digits", tmp_path / "pruned", lineage={"method": "prune"})
     wide = build_model(meta["model"], policy=CodePolicy.CONFIGURED)
-    assert count_parameters(small) < count_parameters(wide) / 2
+    assert spec["kwargs"]["hidden_sizes"] == [16]  # of 32
+    assert count_parameters(small) < 0.6 * count_parameters(wide)  # the head keeps its outputs
     try:
         served.registry.promote("digits", "production", version)
         expected = Predictor.from_registry(served.registry, f"digits:{version}")
