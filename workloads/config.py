@@ -17,6 +17,8 @@ from pydantic import Field, field_validator, model_validator
 
 from cluster.config import Metric, Strict, apply_overrides, mode_of, read_yaml, validate
 from cluster.config import presets as _presets
+from cluster.errors import ConfigError
+from cluster.registry import ModelRef
 from workloads.datasets import DATASETS
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -155,8 +157,27 @@ class TrainConfig(Strict):
         "the rate every this many seconds; 0: only the line per epoch",
     )
     metric: Metric = "val_accuracy"
+    init_from: str | None = Field(
+        default=None,
+        description="start from a registered version's weights (NAME@ALIAS or NAME:VERSION); "
+        "the classification head is re-initialised when the class count differs",
+    )
+    freeze: list[str] = Field(
+        default=[], description="parameter-name patterns not trained, e.g. 'net.0.*' (fnmatch)"
+    )
+    pretrained_lr_scale: float = Field(
+        default=1.0, ge=0.0, description="lr multiplier for the weights loaded by init_from"
+    )
     max_failures: int = Field(default=2, ge=-1, description="worker-group restarts; -1: forever")
     seed: int = 0
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_from(cls, value: str | None) -> str | None:
+        try:
+            return value if value is None else str(ModelRef.parse(value))
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
 
     @property
     def mode(self) -> Literal["min", "max"]:

@@ -21,6 +21,8 @@ from cluster.errors import run_cli
 # method -> (module with main(argv), one-line help). Modules are imported only when chosen.
 METHODS: dict[str, tuple[str, str]] = {
     "quantize": ("workloads.quantize", "post-training int8 (ONNX Runtime), dynamic or static"),
+    "prune": ("workloads.prune", "magnitude pruning (--structured: smaller MLP), recovery epochs"),
+    "distill": ("workloads.distill", "train a smaller student on a teacher's soft targets"),
 }
 
 

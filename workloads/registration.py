@@ -79,7 +79,9 @@ def register_checkpoint(
             "data_fingerprint": meta.get("data_fingerprint"),
             "data_uri": meta.get("data_uri"),
         }
-        version = registry.register(name, local, lineage={**recorded, **lineage})
+        # A fine-tuned, pruned or distilled checkpoint names its parent (workloads/recipe.py).
+        derived = meta.get("lineage") if isinstance(meta.get("lineage"), dict) else {}
+        version = registry.register(name, local, lineage={**recorded, **derived, **lineage})
     record = {"name": name, "version": version, "alias": alias, "epoch": meta.get("epoch"),
               "report_uri": None, "metrics": None, "report_note": note}  # fmt: skip
     if evaluation is not None:

@@ -30,17 +30,22 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     autocast_dtype: torch.dtype | None = None,
     device_type: str = "cpu",
+    loss_fn=None,
 ) -> float:
     """Forward, cross-entropy, backward, clip, step. Returns the batch's mean loss.
 
     `scaler` is for fp16 (its range is small enough that gradients underflow unscaled);
-    bf16 and fp32 pass None. Tensors must already be on the model's device.
+    bf16 and fp32 pass None. Tensors must already be on the model's device. `loss_fn`
+    (logits, labels, features) -> loss replaces cross-entropy (distillation, workloads/recipe.py).
     """
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = model(features)
     # The loss in float32: log-softmax over low-precision logits loses the small differences.
-    loss = F.cross_entropy(logits.float(), labels)
+    if loss_fn is None:
+        loss = F.cross_entropy(logits.float(), labels)
+    else:
+        loss = loss_fn(logits.float(), labels, features)
     if scaler is None:
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)

@@ -29,11 +29,12 @@ from cluster.errors import ConfigError, RaylaneError, StorageError, first_line, 
 from cluster.registry import check_name
 from cluster.runtime import use_code
 from cluster.storage import Storage
-from workloads import data, runs
+from workloads import data, finetune, runs
 from workloads.checkpoint import meta_key
 from workloads.config import JobConfig, load_job_config, presets
 from workloads.models import build_model, count_parameters, model_spec
 from workloads.progress import expected_batches
+from workloads.recipe import Recipe, frozen_names
 from workloads.tracking import Tracking, add_tracking_args, tracking_from
 from workloads.trust import CodePolicy
 
@@ -70,12 +71,14 @@ def run_training(
     runs_prefix: str = "runs",
     prepared: PreparedData | None = None,
     tracking: Tracking | None = None,
+    recipe: Recipe | None = None,
 ) -> TrainingSummary:
     """Train `config` with Ray Train, checkpoints in `storage` under `<runs_prefix>/<name>/`.
 
     `prepared` hands in datasets already read and split (a sweep reads them once for all
-    trials); with `tracking`, the run is an MLflow run (config as params, metrics per epoch).
-    Raises RaylaneError (with a one-line cause) on failure.
+    trials); with `tracking`, the run is an MLflow run (config as params, metrics per epoch);
+    `recipe` starts from stored weights, prunes or distills (workloads/recipe.py; made from
+    `train.init_from` when not given). Raises RaylaneError (one-line cause) on failure.
     """
     from cluster.runtime import connect
 
@@ -95,7 +98,11 @@ def run_training(
         vocab_size=info.vocab_size,
     )
     # Bad model settings fail here, not in workers; the class is the config's own (trusted).
-    parameters = count_parameters(build_model(spec, policy=CodePolicy.CONFIGURED))
+    model = build_model(spec, policy=CodePolicy.CONFIGURED)
+    parameters = count_parameters(model)
+    check_freeze(model, config.train.freeze)
+    if recipe is None and config.train.init_from:
+        recipe = finetune.plan(config, spec, info.input_spec(), storage, verbose=verbose)
     run_key = f"{runs_prefix}/{config.name}"
     check_resume(config, storage, run_key, info, spec, verbose=verbose)
     tracked = tracking and tracking.start_run(
@@ -115,7 +122,9 @@ def run_training(
                 f"; storage {storage.uri}",
                 flush=True,
             )
-        trainer = build_trainer(config, prepared, spec, storage, run_key, callbacks, tracked)
+        trainer = build_trainer(
+            config, prepared, spec, storage, run_key, callbacks, tracked, recipe
+        )
         stopped = (fit(trainer, config).return_value or {}).get("storage_error")
         if stopped:
             raise StorageError(
@@ -152,7 +161,9 @@ def check_resume(config, storage: Storage, run_key: str, info, spec: dict, *, ve
     )
 
 
-def build_trainer(config, prepared, spec, storage: Storage, run_key: str, callbacks, tracked):
+def build_trainer(
+    config, prepared, spec, storage: Storage, run_key: str, callbacks, tracked, recipe=None
+):
     """The TorchTrainer of a run: one LoopConfig for every worker, no Ray checkpoint record."""
     from ray.train import DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -167,6 +178,7 @@ def build_trainer(config, prepared, spec, storage: Storage, run_key: str, callba
         job=config, spec=spec, input_spec=info.input_spec(), storage_uri=storage.uri,
         run_key=run_key, data_fingerprint=info.fingerprint,
         data_uri=data.data_uri(config.data, info), launch=launch, tracked_run=tracked or None,
+        recipe=recipe,
         expected_batches=expected_batches(
             rows=info.rows, validation_fraction=config.data.validation_fraction,
             workers=config.train.num_workers, batch_size=config.train.batch_size,
@@ -220,6 +232,12 @@ def prepare_data(
     normalize = config.data.normalize
     info.normalization = data.check_and_normalize(train, validation, info, normalize=normalize)
     return PreparedData(info, train, validation)
+
+
+def check_freeze(model, patterns: list[str]) -> None:
+    """Every train.freeze pattern names a parameter, and something is left to train."""
+    if patterns and len(frozen_names(model, patterns)) == len(list(model.parameters())):
+        raise ConfigError("train.freeze matches every parameter: leave some layers to train")
 
 
 def fit(trainer, config: JobConfig):
@@ -302,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="run name (default: the config's name)")
     parser.add_argument("--num-workers", type=int, help="training workers (train.num_workers)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    parser.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="start from a registered version's weights: NAME@ALIAS or NAME:VERSION "
+        "(train.init_from; see also train.freeze, train.pretrained_lr_scale)",
+    )
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
     parser.add_argument(
         "--register", metavar="NAME", help="register the best checkpoint as a version of NAME"
@@ -320,6 +344,8 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         overrides.append(f"train.num_workers={args.num_workers}")
     if args.use_gpu:
         overrides.append("train.use_gpu=true")
+    if args.init_from:
+        overrides.append(f"train.init_from={args.init_from}")
     return load_job_config(args.config, overrides)
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 
+from workloads import recipe as recipes
 from workloads import sharding
 from workloads.checkpoint import (
     InputSpec,
@@ -69,13 +70,15 @@ class LoopConfig:
     launch: str  # one id per run_training call: tells a restart from a re-run (recovery.py)
     tracked_run: TrackedRun | None = None  # the MLflow run rank 0 logs to; None: tracking off
     expected_batches: int | None = None  # a rank's batches per epoch, estimated (progress lines)
+    recipe: recipes.Recipe | None = None  # fine-tune, prune or distill (workloads/recipe.py)
 
     def meta(self, *, epoch: int, metrics: dict) -> dict:
+        lineage = {"lineage": self.recipe.lineage} if self.recipe and self.recipe.lineage else {}
         return build_meta(
             spec=self.spec, input_spec=self.input_spec, config=self.job.model_dump(),
             run_name=self.job.name, data_fingerprint=self.data_fingerprint,
             data_uri=self.data_uri, epoch=epoch, metrics=metrics,
-        )  # fmt: skip
+        ) | lineage  # fmt: skip
 
 
 def train_loop_per_worker(train_loop_config: dict) -> dict | None:
@@ -110,8 +113,10 @@ def run_epochs(loop: LoopConfig) -> None:
     autocast_dtype, scaler = mixed_precision(job.train, device)
     # The class was named by this job's own config, so CONFIGURED (workloads/trust.py).
     model = build_model(loop.spec, policy=CodePolicy.CONFIGURED)
+    hooks = recipes.apply(model, loop.recipe, job.train, storage_uri=loop.storage_uri,
+                          input_spec=loop.input_spec, device=device)  # fmt: skip
     model = wrap_model(model, job.train, device=device, dtype=autocast_dtype)
-    optimizer = make_optimizer(model, job.train)
+    optimizer = make_optimizer(model, job.train, pretrained=hooks.pretrained)
     scheduler = make_scheduler(optimizer, job.train)
     start_epoch = restore(loop, model, optimizer, scheduler, scaler, rank=rank)
     announce_start(loop, start_epoch, rank=rank)
@@ -149,8 +154,10 @@ def run_epochs(loop: LoopConfig) -> None:
                     scaler=scaler,
                     autocast_dtype=autocast_dtype,
                     device_type=device.type,
+                    loss_fn=hooks.loss_fn,
                 )
             )
+            hooks.after_step(model)
             samples += labels.shape[0]
             progress.batch_done()
         progress.end()
@@ -278,15 +285,27 @@ class Collate(NumpyBatchCollateFn):
         return torch.as_tensor(features), torch.as_tensor(labels)
 
 
-def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; biases and norm weights (1-D tensors) get no weight decay."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=train.lr)
+def make_optimizer(
+    model: torch.nn.Module, train: TrainConfig, *, pretrained: frozenset[str] = frozenset()
+) -> torch.optim.Optimizer:
+    """AdamW; biases and norm weights (1-D tensors) get no weight decay; the `pretrained`
+    parameters (loaded by train.init_from) learn at lr * train.pretrained_lr_scale."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, parameter in unwrap(model).named_parameters():
+        if parameter.requires_grad:
+            groups.setdefault((parameter.ndim < 2, name in pretrained), []).append(parameter)
+    # Sorted so that a resumed run's optimizer state lines up with the same groups.
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "weight_decay": 0.0 if no_decay else train.weight_decay,
+                "lr": train.lr * (train.pretrained_lr_scale if loaded else 1.0),
+            }
+            for (no_decay, loaded), params in sorted(groups.items())
+        ],
+        lr=train.lr,
+    )
 
 
 def make_scheduler(optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:

@@ -473,6 +473,42 @@ def test_promotion_under_load_switches_versions_with_no_errors(served):
         assert http.get("/v1/models/digits").json()["version"] == 2
 
 
+def test_a_structurally_pruned_version_is_a_smaller_model_that_serves(served, tmp_path):
+    """What `raylane optimize prune --structured` stores is a plain, smaller MLP that
+    build_model rebuilds from its meta alone: promoted, it serves, and its HTTP answers equal
+    the in-process ones."""
+    from workloads.checkpoint import load_weights, read_meta, save_checkpoint
+    from workloads.models import build_model, count_parameters
+    from workloads.prune import prune_neurons
+    from workloads.trust import CodePolicy
+
+    served.reset()
+    source = digits_checkpoint(tmp_path / "wide", seed=3, steps=8)
+    meta = read_meta(source)
+    spec, weights, _ = prune_neurons(meta["model"], load_weights(source), 0.5)
+    small = build_model(spec, policy=CodePolicy.CONFIGURED)
+    small.load_state_dict(weights)
+    save_checkpoint(tmp_path / "pruned", model=small, meta={**meta, "model": spec})
+    version = served.registry.register("digits", tmp_path / "pruned", lineage={"method": "prune"})
+    wide = build_model(meta["model"], policy=CodePolicy.CONFIGURED)
+    assert spec["kwargs"]["hidden_sizes"] == [16]  # of 32
+    assert count_parameters(small) < 0.6 * count_parameters(wide)  # the head keeps its outputs
+    try:
+        served.registry.promote("digits", "production", version)
+        expected = Predictor.from_registry(served.registry, f"digits:{version}")
+        expected = expected.predict_instances(served.payloads[1]["instances"], max_instances=16)
+        with client(served) as http:
+            wait_for(
+                lambda: http.get("/v1/models/digits").json().get("version") == version,
+                timeout_s=30,
+                what="the pruned version being served",
+            )
+            answer = http.post(PREDICT, json=served.payloads[1]).json()
+        assert answer["version"] == version and same_answer(answer, expected)
+    finally:
+        served.reset()
+
+
 @pytest.mark.integration
 def test_serve_config_deploy_and_user_config_reconfigure_without_restart(served):
     """serve/config.yaml through the controller's declarative path (what `serve deploy` and

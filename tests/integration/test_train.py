@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from helpers import metric_sum, scrape_metrics, wait_for
@@ -315,3 +316,92 @@ def test_async_checkpoint_upload_stores_whole_checkpoints_and_leaves_no_temporar
     _, meta = load_model(directory, policy=CodePolicy.for_loading())
     assert meta["metrics"]["val_accuracy"] == pytest.approx(summary.metrics["val_accuracy"])
     assert leftovers() <= before  # Ray's upload thread removed each directory after uploading
+
+
+# ---------------------------------------------------------------------- derived versions
+
+
+def epochs_to(target: float, history: list[dict]) -> int:
+    reached = [m["epoch"] for m in history if m["val_accuracy"] >= target]
+    return min(reached) if reached else len(history) + 1
+
+
+@pytest.fixture(scope="module")
+def pretrained(ray_session, tmp_path_factory) -> Storage:
+    """Local storage holding `digit:1` (which digit an image shows, 6 epochs) and the digits
+    Parquet labelled by digit and by parity."""
+    from bench.optimize_train import WIDE, digits_task
+    from workloads.train import register_run
+
+    storage = Storage(str(tmp_path_factory.mktemp("pretrained")))
+    digits_task(storage, "parity", modulo=2)
+    path = f"data.path={digits_task(storage, 'digit')}"
+    config = load_job_config("debug", [*WIDE, path, "name=digit", "train.epochs=6"])
+    register_run(storage, run_training(config, storage, verbose=False), "digit", None)
+    return storage
+
+
+def test_fine_tuning_from_a_registered_version_reaches_the_target_in_fewer_epochs(
+    pretrained, tmp_path
+):
+    """Pretrained on which digit an image shows, fine-tuned on its parity (a new 2-class
+    head): it reaches the target accuracy in fewer epochs than the same model from scratch,
+    and its registered version names its parent."""
+    from ray import cloudpickle
+
+    from bench.optimize_train import TARGET, WIDE
+    from workloads.checkpoint import open_registry
+    from workloads.train import register_run
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    task = [*WIDE, f"data.path={pretrained.uri_for('tasks/parity')}", "train.epochs=3"]
+    histories = {}
+    for name, extra in [("scratch", []), ("tuned", ["train.init_from=digit:1"])]:
+        log = MetricsLog(tmp_path / f"{name}.jsonl")
+        config = load_job_config("debug", [*task, f"name={name}", *extra])
+        summary = run_training(config, pretrained, callbacks=[log], verbose=False)
+        histories[name] = [json.loads(line) for line in Path(log.path).read_text().splitlines()]
+
+    print({name: [round(m["val_accuracy"], 3) for m in h] for name, h in histories.items()})
+    assert epochs_to(TARGET, histories["tuned"]) < epochs_to(TARGET, histories["scratch"])
+    record = register_run(pretrained, summary, "parity", None)
+    lineage = open_registry(pretrained).describe("parity", record["version"])["lineage"]
+    assert lineage["parent"] == "digit:1" and lineage["method"] == "finetune"
+    assert lineage["settings"]["reinit"] == ["net.7.weight", "net.7.bias"]
+
+
+def test_distill_and_structured_prune_register_smaller_versions_with_their_parent(pretrained):
+    """A student with under 1/4 of the teacher's parameters distilled from it, and the
+    teacher pruned to half its neurons: both registered, rebuilt from their meta.json alone,
+    with the teacher as parent, and accurate."""
+    from workloads import optimize
+    from workloads.checkpoint import open_registry
+    from workloads.evaluate import load_versions
+    from workloads.models import count_parameters
+
+    data = [
+        "--set",
+        "data.dataset=parquet",
+        "--set",
+        f"data.path={pretrained.uri_for('tasks/digit')}",
+    ]
+    storage = ["--storage", pretrained.uri]
+    optimize.main(["distill", "--teacher", "digit:1", "--config", "debug", *data, "--epochs", "6",
+                   "--temperature", "4", "--alpha", "0.7", "--register", "student", *storage])  # fmt: skip
+    optimize.main(["prune", "--model", "digit:1", "--sparsity", "0.5", "--structured",
+                   "--epochs", "2", "--register", "pruned", *storage])  # fmt: skip
+
+    registry = open_registry(pretrained)
+    wide, student, pruned = load_versions(registry, [("digit", 1), ("student", 1), ("pruned", 1)])
+    size = {m.name: count_parameters(m.module) for m in (wide, student, pruned)}
+    assert size["student:1"] <= size["digit:1"] / 4
+    assert pruned.meta["model"]["kwargs"]["hidden_sizes"] == [128, 64]
+    assert size["pruned:1"] < size["digit:1"] / 2
+    for name, method in [("student", "distill"), ("pruned", "prune")]:
+        lineage = registry.describe(name, 1)["lineage"]
+        assert lineage["parent"] == "digit:1" and lineage["method"] == method
+    accuracy = {m.name: m.meta["metrics"]["val_accuracy"] for m in (wide, student, pruned)}
+    print(size, accuracy)
+    # 6 epochs of a 2,410-parameter student: 0.87 against the teacher's 0.97 when measured.
+    assert accuracy["student:1"] >= 0.85 * accuracy["digit:1"]
+    assert accuracy["pruned:1"] >= accuracy["digit:1"] - 0.02
