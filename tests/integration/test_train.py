@@ -386,7 +386,8 @@ def test_distill_and_structured_prune_register_smaller_versions_with_their_paren
         f"data.path={pretrained.uri_for('tasks/digit')}",
     ]
     storage = ["--storage", pretrained.uri]
-    optimize.main(["distill", "--teacher", "digit:1", "--config", "debug", *data, "--epochs", "6",
+    student = ["--set", "model.hidden_sizes=[128]", "--set", "train.lr=0.01", "--epochs", "10"]
+    optimize.main(["distill", "--teacher", "digit:1", "--config", "debug", *data, *student,
                    "--temperature", "4", "--alpha", "0.7", "--register", "student", *storage])  # fmt: skip
     optimize.main(["prune", "--model", "digit:1", "--sparsity", "0.5", "--structured",
                    "--epochs", "2", "--register", "pruned", *storage])  # fmt: skip
@@ -402,6 +403,5 @@ def test_distill_and_structured_prune_register_smaller_versions_with_their_paren
         assert lineage["parent"] == "digit:1" and lineage["method"] == method
     accuracy = {m.name: m.meta["metrics"]["val_accuracy"] for m in (wide, student, pruned)}
     print(size, accuracy)
-    # 6 epochs of a 2,410-parameter student: 0.87 against the teacher's 0.97 when measured.
-    assert accuracy["student:1"] >= 0.85 * accuracy["digit:1"]
+    assert accuracy["student:1"] >= 0.97 * accuracy["digit:1"]  # the target
     assert accuracy["pruned:1"] >= accuracy["digit:1"] - 0.02
