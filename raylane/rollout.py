@@ -177,13 +177,21 @@ def _connect(address: str | None) -> None:
     """Join the cluster that serves the model: a Ray started here would end with this command,
     and the controller with it."""
     import ray
+    from ray._private.services import find_gcs_addresses
 
-    from cluster.runtime import connect
+    from cluster.runtime import connect, loopback_only
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # "auto" finds a local Ray by its processes and swaps a loopback address for this
+        # machine's; a Ray that raylane started (`raylane serve`) listens on loopback only.
+        found = find_gcs_addresses()
+        if found and all(gcs.startswith("127.") for gcs in found):
+            loopback_only()
     try:
-        connect(address or os.environ.get("RAY_ADDRESS") or "auto")
+        connect(address or "auto")
     except ConnectionError as error:
         raise RaylaneError(
             f"no Ray cluster to run the rollout's controller ({error}); start the app first "
