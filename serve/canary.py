@@ -33,14 +33,19 @@ from cluster.errors import ConfigError
 from cluster.registry import ModelRef, Registry
 from serve.predictor import Predictor
 from serve.rollout import find_controller, read_state
+from serve.schemas import RequestError
 from serve.traffic import RolloutState, VersionStats, use_candidate
 
 FAULTS_ENV = "RAYLANE_TEST_FAULTS"
 logger = logging.getLogger("ray.serve")
 
 
-class InjectedFault(RuntimeError):
-    """A model failure made on purpose by $RAYLANE_TEST_FAULTS (tests only)."""
+class InjectedFault(RequestError):
+    """A model failure made on purpose by $RAYLANE_TEST_FAULTS (tests only): a 500 answered
+    like any refusal, without the traceback a real bug logs on the replica."""
+
+    def __init__(self, message: str):
+        super().__init__(500, message)
 
 
 def parse_faults(text: str) -> dict[tuple[str, int], float]:
