@@ -136,10 +136,6 @@ class RolloutController:
         for version, window in stats.items():
             self.stats.setdefault(version, VersionStats()).merge(window)
 
-    async def window(self) -> dict:
-        """The current step's stats per version, as `rollout status` shows them."""
-        return {version: stats.describe() for version, stats in self.stats.items()}
-
     async def _run(self) -> None:
         while True:
             try:
