@@ -6,6 +6,7 @@
     raylane sweep --config digits-sweep --register digits --promote production
     raylane models list
     raylane serve --model digits@production
+    raylane rollout start digits:4 --alias production --steps 10,50,100 --step-seconds 60
     raylane predict --model digits@production --input samples.json
     raylane pipeline --config digits-sweep
     raylane --version
@@ -31,6 +32,7 @@ COMMANDS = {
     "models": ("raylane.models", "list, show, promote and roll back registered models"),
     "serve": ("serve.app", "serve a registered model over HTTP with Ray Serve"),
     "optimize": ("workloads.optimize", "quantize, prune or distill a registered model"),
+    "rollout": ("raylane.rollout", "canary rollout of a version, rolled back on errors or latency"),
     "predict": ("serve.predictor", "predict with a registered model in this process"),
     "pipeline": ("raylane.pipeline", "data -> sweep -> register -> promote -> serve, end to end"),
 }

@@ -34,8 +34,9 @@ validated against, and every response names the version that produced it. Update
   without a restart. Changing `args` in a Serve config rebuilds the app (a rolling restart).
 
 Metrics (`ray.util.metrics`, scraped from each node's metrics endpoint with a `ray_` prefix):
-raylane_serve_requests_total{model,version,code}, raylane_serve_request_latency_ms{model},
-raylane_serve_batch_size{model} (requests per batch), raylane_serve_model_version{model,alias}.
+raylane_serve_requests_total{model,version,code}, raylane_serve_request_latency_ms{model,
+version}, raylane_serve_batch_size{model} (requests per batch),
+raylane_serve_model_version{model,alias}, raylane_rollout_weight{model,alias,candidate}.
 """
 
 import argparse
@@ -64,6 +65,7 @@ from cluster.registry import ModelRef
 from cluster.runtime import connect, use_code
 from cluster.storage import Storage
 from serve.batching import Batcher
+from serve.canary import Canary
 from serve.config import ServeArgs, check_batch_fits, parse_dynamic
 from serve.predictor import Prediction, Predictor
 from serve.schemas import (
@@ -125,7 +127,7 @@ class ServeMetrics:
             "raylane_serve_request_latency_ms",
             description="time from request to response inside the replica (ms)",
             boundaries=LATENCY_BUCKETS_MS,
-            tag_keys=("model",),
+            tag_keys=("model", "version"),
         )
         self.batch_size = ray_metrics.Histogram(
             "raylane_serve_batch_size",
@@ -247,12 +249,19 @@ class ModelServer:
         await self._switch(self.ref)  # a model that cannot load fails the deployment, loudly
         self._apply(self.args.dynamic())
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        # Canary rollouts (serve/canary.py): the candidate beside self.predictor, per request.
+        self.canary = Canary(
+            self.registry, device=self.device, allow_modules=self.args.custom_model_modules
+        )
+        self._canary = asyncio.get_running_loop().create_task(
+            self.canary.follow(lambda: self.ref, lambda: self.watch_interval_s)
+        )
 
     async def __del__(self):
         """Serve calls this as the replica stops: the watcher and the batcher go, quietly."""
-        watcher = getattr(self, "_watcher", None)
-        if watcher is not None:
-            watcher.cancel()
+        for task in (getattr(self, "_watcher", None), getattr(self, "_canary", None)):
+            if task is not None:
+                task.cancel()
         batcher = getattr(self, "batcher", None)
         if batcher is not None:
             batcher.close()
@@ -325,7 +334,7 @@ class ModelServer:
     )
     async def predict(self, name: str, request: Request) -> JSONResponse:
         start = time.perf_counter()
-        predictor = self.predictor
+        predictor = self.canary.choose(self.predictor, request.headers)  # a rollout's weight
         try:
             self._authorize(request)
             self._check_name(name, predictor)
@@ -333,16 +342,19 @@ class ModelServer:
             body = await read_body(request, self.args.max_body_bytes)
             instances = extract_instances(parse_json_body(body))
             rows = predictor.schema.parse(instances, max_instances=self.args.max_instances)
+            self.canary.inject_fault(predictor)  # tests only: $RAYLANE_TEST_FAULTS
             used, prediction = await self.batcher.submit((predictor, rows))
-            return self._reply(200, used.response(prediction), used, start)
+            return self._reply(200, used.response(prediction), used, start, predicted=True)
         except RequestError as error:
-            return self._reply(error.status_code, {"error": str(error)}, predictor, start)
+            return self._reply(
+                error.status_code, {"error": str(error)}, predictor, start, predicted=True
+            )
         except Exception as error:  # a bug, not the client's fault: say so without a traceback
             logger.exception(f"predict failed on replica {self.replica}")
             body = {
                 "error": f"internal error ({type(error).__name__}); it is logged on the replica"
             }
-            return self._reply(500, body, predictor, start)
+            return self._reply(500, body, predictor, start, predicted=True)
 
     @api.get("/v1/models/{name}", responses=ERRORS, summary="Model version, schema and stats")
     async def describe(self, name: str, request: Request) -> JSONResponse:
@@ -420,12 +432,18 @@ class ModelServer:
                 f"POST /v1/models/{predictor.name}:predict",
             )
 
-    def _reply(self, code: int, body: dict, predictor: Predictor, start: float) -> JSONResponse:
+    def _reply(
+        self, code: int, body: dict, predictor: Predictor, start: float, predicted: bool = False
+    ) -> JSONResponse:
+        """The answer, counted in the metrics (and, for predictions, in a rollout's window)."""
         tags = {"model": predictor.name, "version": str(predictor.version), "code": str(code)}
         self.metrics.requests.inc(tags=tags)
+        latency_ms = (time.perf_counter() - start) * 1000
         self.metrics.latency.observe(
-            (time.perf_counter() - start) * 1000, tags={"model": predictor.name}
+            latency_ms, tags={"model": tags["model"], "version": tags["version"]}
         )
+        if predicted:
+            self.canary.record(predictor.version, code, latency_ms)
         headers = {"X-Model-Version": str(predictor.version)}
         if code == 401:
             headers["WWW-Authenticate"] = "Bearer"

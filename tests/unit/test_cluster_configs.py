@@ -39,9 +39,10 @@ SECRET_VARS = {
 # (checked against their source below).
 METRICS = {
     "raylane_serve_requests_total": ("counter", {"model", "version", "code"}),
-    "raylane_serve_request_latency_ms": ("histogram", {"model"}),
+    "raylane_serve_request_latency_ms": ("histogram", {"model", "version"}),
     "raylane_serve_batch_size": ("histogram", {"model"}),
     "raylane_serve_model_version": ("gauge", {"model", "alias"}),
+    "raylane_rollout_weight": ("gauge", {"model", "alias", "candidate"}),
     "raylane_train_epoch": ("gauge", {"run"}),
     "raylane_train_loss": ("gauge", {"run", "split"}),
     "raylane_train_val_accuracy": ("gauge", {"run"}),
