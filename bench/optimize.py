@@ -12,6 +12,8 @@ trained, so no Ray), registers it in a local registry (evaluated like any versio
 - latency: the in-process forward pass at batch 1 and 32 with one thread each (PyTorch for the
   parent, ONNX Runtime for the child), parent and child interleaved, ROUNDS rounds; the median
   is the number, the range goes in the note (workloads/comparison.py: measure_latency);
+- latency against the parent exported to ONNX and run by ONNX Runtime in float: what int8
+  itself buys, apart from the change of runtime;
 - accuracy on the parent's validation split, the same rows for both.
 
 Cases: `tabular-mlp` widened to 256x256 hidden units, the Linear-heavy model the targets are
@@ -23,12 +25,15 @@ from __future__ import annotations
 
 import tempfile
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from bench.common import RESULTS_DIR, Result, bench_main
 from bench.train import train_epochs, training_set
+from workloads.checkpoint import input_spec_of
+from workloads.comparison import one_thread
 
 ROUNDS = 5
 # (label, preset, overrides, scheme, Linear-heavy: the size and batch-32 latency targets apply)
@@ -84,7 +89,26 @@ def measure(registry, parent: str, scheme: str) -> dict:
         "parameters": [footprint[n]["parameters"] for n in names],
         "accuracy": [comparison["metrics"][n]["accuracy"] for n in names],
         "latency_ms": [footprint[n]["latency_ms"] for n in names],
+        "runtime_latency_ms": runtime_latency(registry, refs),
     }
+
+
+def runtime_latency(registry, refs) -> list[dict]:
+    """Latency of the parent exported to ONNX and run by ONNX Runtime in float, and of the
+    int8 child, interleaved: what int8 itself buys, apart from the change of runtime."""
+    from workloads.comparison import measure_latency, random_inputs
+    from workloads.evaluate import load_versions
+    from workloads.onnx_int8 import OnnxModule, export_graph
+
+    parent, child = load_versions(registry, refs)
+    with one_thread():  # the session takes its thread count when it is made
+        example = random_inputs(input_spec_of(parent.meta), 2)
+        graph = export_graph(parent.module, example)
+        parent = replace(
+            parent, name=f"{parent.name} (ONNX Runtime float)", module=OnnxModule(graph)
+        )
+    measured = measure_latency([parent, child], rounds=ROUNDS, seconds=0.3)
+    return [measured[parent.name], measured[child.name]]
 
 
 def add_rows(result: Result, label: str, scheme: str, heavy: bool, measured: dict) -> None:
@@ -100,6 +124,15 @@ def add_rows(result: Result, label: str, scheme: str, heavy: bool, measured: dic
             f"{label}-{scheme}-latency-{size}", f"{case}: latency at batch {size} (median)",
             raylane=child["median"], baseline=parent["median"], unit="ms",
             goal="<= 0.7" if heavy and size == "32" else "", note=spread,
+        )  # fmt: skip
+    for size in ("1", "32"):
+        parent, child = (entry[size] for entry in measured["runtime_latency_ms"])
+        result.ratio(
+            f"{label}-{scheme}-runtime-latency-{size}",
+            f"{label}, {scheme} int8 vs the parent in ONNX Runtime float: latency at batch {size}",
+            raylane=child["median"], baseline=parent["median"], unit="ms",
+            note=f"int8 {child['min']:.3f}-{child['max']:.3f} ms, float "
+            f"{parent['min']:.3f}-{parent['max']:.3f} ms over {ROUNDS} rounds",
         )  # fmt: skip
     change = (child_acc - parent_acc) * 100
     result.ratio(f"{label}-{scheme}-accuracy", f"{case}: validation accuracy",
