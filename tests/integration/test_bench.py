@@ -16,9 +16,10 @@ from bench import run_all
 
 pytestmark = pytest.mark.integration
 RATIO_FIELDS = {"name", "label", "raylane", "baseline", "unit", "goal", "value", "met"}
-# optimize_train's quick mode is six Ray Train runs of the commands that test_train.py's
-# fine-tune, prune and distill tests already run; its ratio rows share add_ratios' code path.
-NOT_SMOKED = {"optimize_train"}
+# Not smoke-tested, to keep make test short: optimize_train's quick mode is six Ray Train runs
+# of the commands test_train.py's fine-tune, prune and distill tests already run;
+# train_memory's is four Ray Train runs of the ddp and fsdp wrapping test_train.py trains with.
+NOT_SMOKED = {"optimize_train", "train_memory"}
 
 
 @pytest.fixture
