@@ -28,7 +28,7 @@ from cluster.errors import ConfigError, RaylaneError, run_cli
 from cluster.registry import ModelRef
 from cluster.storage import Storage
 from serve.rollout import read_state, start_controller, update_state, write_state
-from serve.traffic import RolloutState, record_event
+from serve.traffic import LIVE, RolloutState, record_event
 from workloads.checkpoint import open_registry
 
 
@@ -112,7 +112,7 @@ def new_state(storage: Storage, args) -> RolloutState:
 def _start(storage: Storage, args) -> int:
     state = new_state(storage, args)
     current, token = read_state(storage, state.model)
-    if current is not None and current.status == "running":
+    if current is not None and current.status in LIVE:
         raise RaylaneError(
             f"a rollout of {state.model} is running ({current.summary()}); wait for it, or stop "
             f"it with `raylane rollout abort {state.model}` (a dead controller: `raylane rollout "
@@ -131,7 +131,7 @@ def _start(storage: Storage, args) -> int:
 
 def _resume(storage: Storage, args) -> int:
     state, _ = read_state(storage, args.name)
-    if state is None or state.status != "running":
+    if state is None or state.status not in LIVE:
         shown = state.summary() if state else "none was started"
         raise RaylaneError(f"no running rollout of {args.name} to resume ({shown})")
     _connect(args.address)
@@ -142,6 +142,12 @@ def _resume(storage: Storage, args) -> int:
 
 def _abort(storage: Storage, args) -> int:
     def abort(state: RolloutState) -> None:
+        if state.status == "promoting":
+            raise RaylaneError(
+                f"the rollout of {args.name} is moving @{state.alias} to version "
+                f"{state.candidate} right now; afterwards, move it back with `raylane models "
+                f"rollback {args.name} --alias {state.alias}`"
+            )
         if state.status != "running":
             raise RaylaneError(f"the rollout of {args.name} is over: {state.summary()}")
         state.status, state.reason = "aborted", "aborted by `raylane rollout abort`"

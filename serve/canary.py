@@ -127,7 +127,7 @@ class Canary:
         state, _ = await asyncio.to_thread(read_state, self.registry.storage, ref.name)
         if state is not None and state.alias != ref.alias:
             state = None  # a rollout of another alias of this model
-        wanted = state is not None and state.status in ("running", "promoted")
+        wanted = state is not None and state.status in ("running", "promoting", "promoted")
         if wanted and (self.candidate is None or self.candidate.version != state.candidate):
             self.candidate = await asyncio.to_thread(
                 Predictor.load_version, self.registry, ref.name, state.candidate,

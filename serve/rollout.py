@@ -40,7 +40,7 @@ import ray
 from cluster.errors import ConflictError, NotFoundError, RaylaneError
 from cluster.registry import check_name
 from cluster.storage import Storage, dump_json
-from serve.traffic import RolloutState, VersionStats, judge, record_event
+from serve.traffic import LIVE, RolloutState, VersionStats, judge, record_event
 from workloads.checkpoint import open_registry
 
 NAMESPACE = "raylane"
@@ -150,8 +150,12 @@ class RolloutController:
     def _tick(self) -> bool:
         """One look at the record; False once the rollout is over."""
         state, token = read_state(self.storage, self.name)
-        if state is None or state.status != "running":
+        if state is None or state.status not in LIVE:
             return False
+        if state.status == "promoting":  # claimed by an earlier tick: move the alias now
+            self._promote(state)
+            write_state(self.storage, state, token)  # lost to nobody: abort refuses now
+            return True
         if state.key != self.key:  # a new step (or a resumed one): a fresh window
             self.key, self.stats, self.window_start = state.key, {}, time.time()
         baseline = self.stats.get(state.baseline, VersionStats())
@@ -165,7 +169,9 @@ class RolloutController:
         if verdict.action == "rollback":
             state.status, state.reason = "rolled_back", verdict.reason
         elif verdict.action == "promote":
-            self._promote(state)
+            # Claimed in the record before the alias moves (next tick): an abort that lands
+            # first wins the compare-and-swap below, and then the alias is never moved.
+            state.status = "promoting"
         else:
             state.step, state.step_started_at = state.step + 1, now
         record_event(state, verdict.action, at=now, stats=stats, reason=state.reason)

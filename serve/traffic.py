@@ -31,7 +31,10 @@ from pydantic import Field, field_validator
 
 from cluster.config import Strict
 
-Status = Literal["running", "promoted", "rolled_back", "aborted"]
+# promoting: the controller has claimed the promotion and is moving the alias (an abort is
+# refused from then on, so the record can never say aborted while the alias moved).
+Status = Literal["running", "promoting", "promoted", "rolled_back", "aborted"]
+LIVE = ("running", "promoting")  # a rollout that is not over
 # A verdict needs evidence: before this many candidate answers in a step nothing is decided
 # (one early failure out of three requests is not a 33% error rate).
 MIN_REQUESTS = 10
@@ -76,7 +79,7 @@ class RolloutState(Strict):
         """The candidate's share of requests now, in percent."""
         if self.status == "running":
             return self.steps[self.step]
-        return 100 if self.status == "promoted" else 0
+        return 100 if self.status in ("promoting", "promoted") else 0
 
     @property
     def key(self) -> str:

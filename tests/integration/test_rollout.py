@@ -28,6 +28,7 @@ from cluster.s3server import free_port
 from cluster.storage import Storage
 from raylane.rollout import main as rollout
 from serve.rollout import NAMESPACE, controller_name, find_controller, read_state
+from serve.traffic import LIVE
 from workloads.checkpoint import open_registry
 
 PREDICT = "/v1/models/digits:predict"
@@ -131,7 +132,7 @@ def stored(registry: Registry):
 
 
 def finished(registry: Registry) -> bool:
-    return stored(registry).status != "running"
+    return stored(registry).status not in LIVE  # "promoting" is not over yet
 
 
 @pytest.mark.integration

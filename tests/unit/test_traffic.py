@@ -52,8 +52,9 @@ def test_weight_follows_the_step_and_the_status():
     assert rollout.weight == 10
     rollout.step = 2
     assert rollout.weight == 50
-    rollout.status = "promoted"
-    assert rollout.weight == 100
+    for status in ("promoting", "promoted"):
+        rollout.status = status
+        assert rollout.weight == 100
     for status in ("rolled_back", "aborted"):
         rollout.status = status
         assert rollout.weight == 0
@@ -198,3 +199,15 @@ def test_abort_sends_all_traffic_back_and_status_says_why(registry, capsys):
         run(registry, "abort", "digits")
     with pytest.raises(RaylaneError, match="no running rollout of digits to resume"):
         run(registry, "resume", "digits")
+
+
+def test_a_claimed_promotion_cannot_be_aborted_and_blocks_a_second_start(registry):
+    """Once the controller has claimed the promotion the alias is about to move: an abort then
+    would leave a record that says aborted beside a moved alias, so it is refused, naming the
+    way back."""
+    write_state(registry.storage, state(started_at=time.time(), status="promoting"), None)
+    with pytest.raises(RaylaneError, match="moving @production to version 2 right now") as refused:
+        run(registry, "abort", "digits")
+    assert "raylane models rollback digits --alias production" in str(refused.value)
+    with pytest.raises(RaylaneError, match="a rollout of digits is running"):
+        run(registry, "start", "digits:2", "--alias", "production")
