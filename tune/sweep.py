@@ -5,10 +5,14 @@
     raylane sweep --config digits-sweep --set num_samples=16 --set scheduler.grace_period=2
     raylane sweep --config digits-sweep --resume        # continue an interrupted sweep
 
-Each trial is a function that builds and fits a Ray Train `TorchTrainer` (Ray 2.60's Train V2
-cannot be handed to a Tuner directly) and reports through `TuneReportCallback`. Trials ask for
-almost no CPU themselves; their Train workers ask for fractions, and `max_concurrent_trials`
-is derived from what the cluster has so a small machine never deadlocks.
+A trial with one worker (`trial_mode` auto or in_trial, tune/config.py) trains inside the Tune
+trial itself on data the driver read into memory once (workloads/intrial.py), asks for its
+worker's CPUs, and reports with `ray.tune.report`; Tune reuses its process for the next trial.
+Otherwise each trial is a function that builds and fits a Ray Train `TorchTrainer` (Ray 2.60's
+Train V2 cannot be handed to a Tuner directly) and reports through `TuneReportCallback`; such a
+trial asks for almost no CPU itself, its Train workers for fractions. Either way
+`max_concurrent_trials` is derived from what the cluster has, so a small machine never
+deadlocks.
 
 Sweep state lives in `<storage>/sweeps/<name>/` (Tune's experiment state plus each trial's
 Train run under `trials/`), so `--resume` restores from storage on any machine. At the end the
@@ -34,7 +38,7 @@ from cluster.config import add_common_args, validate
 from cluster.errors import ConfigError, RaylaneError, first_line, run_cli
 from cluster.runtime import use_code
 from cluster.storage import Storage
-from tune.config import SweepConfig, load_sweep_config, sweep_presets
+from tune.config import SweepConfig, load_sweep_config, resolve_trial_mode, sweep_presets
 from tune.report import plot_params, plot_trials, summary_rows, write_summary
 from tune.space import base_training_config, trial_config, tune_space
 from workloads.checkpoint import open_registry
@@ -63,10 +67,12 @@ class SweepResult:
 
 
 def run_trial(
-    params: dict, *, base: dict, storage_uri: str, sweep_name: str, prepared=None, tracking=None
-) -> None:
-    """One Tune trial: a complete Ray Train run of the sampled config (an MLflow run nested
-    under the sweep's when `tracking` is set)."""
+    params: dict, *, base: dict, storage_uri: str, sweep_name: str, prepared=None, tracking=None,
+    in_trial: bool = False,
+) -> None:  # fmt: skip
+    """One Tune trial: a complete training run of the sampled config, in this process
+    (`in_trial`) or by Ray Train (an MLflow run nested under the sweep's when `tracking` is
+    set)."""
     from ray import tune as ray_tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -86,7 +92,8 @@ def run_trial(
     summary = run_training(
         config,
         storage,
-        callbacks=[TuneReportCallback()],
+        report=ray_tune.report if in_trial else None,
+        callbacks=[] if in_trial else [TuneReportCallback()],
         verbose=False,
         runs_prefix=runs,
         prepared=prepared,
@@ -100,13 +107,21 @@ def run_trial(
         ray_tune.report({**summary.metrics, "checkpoint_path": checkpoint})
 
 
-def concurrency(train: dict, requested: int | None, *, shared_data: bool) -> int:
+def trial_resources(train: dict, *, in_trial: bool) -> dict:
+    """What a trial's own process asks for: its worker's share when it trains itself, else
+    next to nothing (its Train workers ask for theirs)."""
+    if not in_trial:
+        return {"cpu": TRIAL_DRIVER_CPUS}
+    return {"cpu": train["cpus_per_worker"]} | ({"gpu": 1} if train["use_gpu"] else {})
+
+
+def concurrency(train: dict, requested: int | None, *, shared_data: bool, in_trial: bool) -> int:
     """How many trials fit side by side without starving their workers or Ray Data."""
     from cluster.runtime import cluster_resources
 
     resources = cluster_resources()
     workers = train["num_workers"]
-    per_trial_cpus = workers * train["cpus_per_worker"] + TRIAL_DRIVER_CPUS
+    per_trial_cpus = workers * train["cpus_per_worker"] + (0 if in_trial else TRIAL_DRIVER_CPUS)
     reserve = SHARED_DATA_RESERVE_CPUS if shared_data else OWN_DATA_RESERVE_CPUS
     fits = math.floor((resources.get("CPU", 1) - reserve) / per_trial_cpus)
     if train["use_gpu"]:
@@ -128,9 +143,15 @@ def build_tuner(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     base = base_training_config(sweep)
-    # Read and split the data once for every trial, unless the sweep varies the data itself.
+    in_trial = resolve_trial_mode(sweep, base["train"]) == "in_trial"
+    # Read and split the data once for every trial, unless the sweep varies the data itself;
+    # trials that train themselves get it as tensors when it fits (no Ray Data in the trials).
     shared_data = not any(key.startswith("data.") for key in sweep.space)
     prepared = prepare_data(JobConfig.model_validate(base), storage) if shared_data else None
+    if prepared and in_trial:
+        from workloads.intrial import hold_in_memory  # torch and Ray Train: only when used
+
+        prepared = hold_in_memory(prepared, limit_mb=base["train"]["cache_shard_mb"])
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(
             run_trial,
@@ -139,8 +160,9 @@ def build_tuner(
             sweep_name=sweep.name,
             prepared=prepared,
             tracking=tracking,
+            in_trial=in_trial,
         ),
-        {"cpu": TRIAL_DRIVER_CPUS},
+        trial_resources(base["train"], in_trial=in_trial),
     )
     fs, root = storage.arrow_filesystem()
     path = f"{root}/sweeps/{sweep.name}"
@@ -155,7 +177,7 @@ def build_tuner(
 
     epochs = base["train"]["epochs"]
     max_concurrent = concurrency(
-        base["train"], sweep.max_concurrent_trials, shared_data=shared_data
+        base["train"], sweep.max_concurrent_trials, shared_data=shared_data, in_trial=in_trial
     )
     scheduler = (
         ASHAScheduler(
@@ -181,6 +203,11 @@ def build_tuner(
             search_alg=search_algorithm(sweep, max_concurrent),
             # Random search carries its own limit (see search_algorithm).
             max_concurrent_trials=None if sweep.search == "random" else max_concurrent,
+            # Saves a process start per trial. Safe for trials that train themselves: Tune
+            # reuses a process only once the stopped trial's function has returned (it ends at
+            # its next report; FunctionTrainable.reset_config). A trial in a TorchTrainer owns
+            # a Train controller beside it, which is no process to hand to the next trial.
+            reuse_actors=in_trial,
         ),
         run_config=ray_tune.RunConfig(
             name=sweep.name,
@@ -324,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_args(parser, overrides="override a sweep field, e.g. --set num_samples=16")
     parser.add_argument("--resume", action="store_true", help="restore an interrupted sweep")
+    parser.add_argument(
+        "--trial-mode",
+        choices=["auto", "in_trial", "trainer"],
+        help="in_trial: each one-worker trial trains inside its Tune trial on data held in "
+        "memory (fast start, Tune retries a failed trial); trainer: a Ray Train run per trial "
+        "(any number of workers, Ray Train restarts dead workers); auto (default): in_trial "
+        "when train.num_workers == 1 (the trial_mode field)",
+    )
     parser.add_argument("--register", metavar="NAME", help="register the best checkpoint as NAME")
     parser.add_argument(
         "--promote", metavar="ALIAS", help="then point ALIAS (e.g. production) at it"
@@ -338,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_code(args.working_dir, args.py_modules)
     if args.promote and not args.register:
         raise ConfigError("--promote needs --register NAME")
-    sweep = load_sweep_config(args.config, args.set)
+    overrides = [*args.set, *([f"trial_mode={args.trial_mode}"] if args.trial_mode else [])]
+    sweep = load_sweep_config(args.config, overrides)
     result = run_sweep(
         sweep,
         Storage.from_uri(args.storage),

@@ -72,13 +72,16 @@ def run_training(
     prepared: PreparedData | None = None,
     tracking: Tracking | None = None,
     recipe: Recipe | None = None,
+    report=None,
 ) -> TrainingSummary:
     """Train `config` with Ray Train, checkpoints in `storage` under `<runs_prefix>/<name>/`.
 
     `prepared` hands in datasets already read and split (a sweep reads them once for all
     trials); with `tracking`, the run is an MLflow run (config as params, metrics per epoch);
     `recipe` starts from stored weights, prunes or distills (workloads/recipe.py; made from
-    `train.init_from` when not given). Raises RaylaneError (one-line cause) on failure.
+    `train.init_from` when not given). With `report` (a sweep trial's `ray.tune.report`), one
+    worker's loop runs in this process on data held in memory, no Ray Train
+    (workloads/intrial.py). Raises RaylaneError (one-line cause) on failure.
     """
     from cluster.runtime import connect
 
@@ -122,10 +125,15 @@ def run_training(
                 f"; storage {storage.uri}",
                 flush=True,
             )
-        trainer = build_trainer(
-            config, prepared, spec, storage, run_key, callbacks, tracked, recipe
-        )
-        stopped = (fit(trainer, config).return_value or {}).get("storage_error")
+        loop = loop_config(config, prepared, spec, storage, run_key, tracked, recipe)
+        if report is None:
+            outcome = fit(build_trainer(config, prepared, loop, storage, callbacks), config)
+            outcome = outcome.return_value
+        else:
+            from workloads.intrial import train_in_process
+
+            outcome = train_in_process(loop, prepared, report)
+        stopped = (outcome or {}).get("storage_error")
         if stopped:
             raise StorageError(
                 f"training run {config.name!r} stopped: {stopped}. Once storage answers again, "
@@ -161,20 +169,12 @@ def check_resume(config, storage: Storage, run_key: str, info, spec: dict, *, ve
     )
 
 
-def build_trainer(
-    config, prepared, spec, storage: Storage, run_key: str, callbacks, tracked, recipe=None
-):
-    """The TorchTrainer of a run: one LoopConfig for every worker, no Ray checkpoint record."""
-    from ray.train import DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from workloads.recovery import RestartNotes
-    from workloads.worker import LoopConfig, train_loop_per_worker
+def loop_config(config, prepared, spec, storage: Storage, run_key: str, tracked, recipe=None):
+    """The LoopConfig every worker gets: built and validated once, here."""
+    from workloads.worker import LoopConfig
 
     info, launch = prepared.info, uuid.uuid4().hex
-    fs, root = storage.arrow_filesystem()
-    resources = {"CPU": config.train.cpus_per_worker} | ({"GPU": 1} if config.train.use_gpu else {})
-    loop = LoopConfig(
+    return LoopConfig(
         job=config, spec=spec, input_spec=info.input_spec(), storage_uri=storage.uri,
         run_key=run_key, data_fingerprint=info.fingerprint,
         data_uri=data.data_uri(config.data, info), launch=launch, tracked_run=tracked or None,
@@ -184,6 +184,19 @@ def build_trainer(
             workers=config.train.num_workers, batch_size=config.train.batch_size,
         ),
     )  # fmt: skip
+
+
+def build_trainer(config, prepared, loop, storage: Storage, callbacks):
+    """The TorchTrainer of a run: one LoopConfig for every worker, no Ray checkpoint record."""
+    from ray.train import DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from workloads.recovery import RestartNotes
+    from workloads.worker import train_loop_per_worker
+
+    run_key, launch = loop.run_key, loop.launch
+    fs, root = storage.arrow_filesystem()
+    resources = {"CPU": config.train.cpus_per_worker} | ({"GPU": 1} if config.train.use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"loop": loop},

@@ -1,7 +1,9 @@
 """The per-worker training loop: the only module that calls `ray.train.*`.
 
 Ray Train runs `train_loop_per_worker` on every worker, with one `LoopConfig`: the typed job
-config and the dataset facts, validated once on the driver and handed over as an object. Each
+config and the dataset facts, validated once on the driver and handed over as an object. A
+one-worker sweep trial runs the same epoch loop (`train_epochs`) in its own process instead
+(workloads/intrial.py); a `Placement` holds the few things that differ. Each
 epoch a worker trains on its own shard of the training set and rank 0 evaluates the whole
 validation set. Every `checkpoint_every` epochs rank 0 writes a checkpoint (the contract in
 workloads/checkpoint.py) and uploads it to storage itself, before the epoch is reported or, with
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,7 +94,37 @@ def train_loop_per_worker(train_loop_config: dict) -> dict | None:
     return None
 
 
+@dataclass(frozen=True)
+class Placement:
+    """What differs between a Ray Train worker and a sweep trial that trains in its own process
+    (workloads/intrial.py): the rank, the device, how the model is wrapped, where the two splits
+    come from (a Ray Data shard, a Dataset, or (features, labels) tensors held in memory, see
+    EpochData) and whom the epoch's metrics go to (`ray.train.report` or `ray.tune.report`)."""
+
+    rank: int
+    device: torch.device
+    wrap: Callable[[torch.nn.Module, torch.dtype | None], torch.nn.Module]
+    train_source: object
+    validation_source: object
+    send: Callable[[dict], None]
+
+
 def run_epochs(loop: LoopConfig) -> None:
+    """The loop on a Ray Train worker: DDP or FSDP, its Ray Data shard, reports to Ray Train."""
+    device = ray.train.torch.get_device()
+    placement = Placement(
+        rank=ray.train.get_context().get_world_rank(),
+        device=device,
+        wrap=lambda model, dtype: wrap_model(model, loop.job.train, device=device, dtype=dtype),
+        train_source=ray.train.get_dataset_shard("train"),
+        validation_source=ray.train.get_dataset_shard("validation"),
+        send=ray.train.report,
+    )
+    train_epochs(loop, placement)
+
+
+def train_epochs(loop: LoopConfig, placement: Placement) -> None:
+    """The epoch loop every way of training shares: restore, train, evaluate, checkpoint, report."""
     job = loop.job
     # Ray Train's worker logging sends the root logger's INFO records to the console: a second
     # copy of every print (its print patch also prints), and a line per report from a Ray
@@ -102,20 +135,19 @@ def run_epochs(loop: LoopConfig) -> None:
     # the survivors' gloo errors when a peer dies. The driver says what happened in one line,
     # and a bug's traceback still reaches it inside TrainingFailedError (workloads/train.py).
     logging.getLogger("ray.train").setLevel(logging.CRITICAL)
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
+    rank = placement.rank
     torch.manual_seed(job.train.seed)
     # A worker owns a fraction of a core or a few cores: more torch threads than that only
     # fight each other (seen here: a 2-thread worker on a busy 2-core machine ran 25x slower).
     torch.set_num_threads(max(1, int(job.train.cpus_per_worker)))
 
-    device = ray.train.torch.get_device()
+    device = placement.device
     autocast_dtype, scaler = mixed_precision(job.train, device)
     # The class was named by this job's own config, so CONFIGURED (workloads/trust.py).
     model = build_model(loop.spec, policy=CodePolicy.CONFIGURED)
     hooks = recipes.apply(model, loop.recipe, job.train, storage_uri=loop.storage_uri,
                           input_spec=loop.input_spec, device=device)  # fmt: skip
-    model = wrap_model(model, job.train, device=device, dtype=autocast_dtype)
+    model = placement.wrap(model, autocast_dtype)
     optimizer = make_optimizer(model, job.train, pretrained=hooks.pretrained)
     scheduler = make_scheduler(optimizer, job.train)
     start_epoch = restore(loop, model, optimizer, scheduler, scaler, rank=rank)
@@ -125,11 +157,11 @@ def run_epochs(loop: LoopConfig) -> None:
     collate = Collate(loop.input_spec)
     cache_bytes = int(job.train.cache_shard_mb * 2**20)
     train_data = EpochData(
-        ray.train.get_dataset_shard("train"), collate, cache_bytes=cache_bytes, device=device,
+        placement.train_source, collate, cache_bytes=cache_bytes, device=device,
         batch_size=job.train.batch_size, chunked=True, decide_together=True,
     )  # fmt: skip
     validation_data = EpochData(  # the whole validation set, see evaluate()
-        ray.train.get_dataset_shard("validation"), collate, cache_bytes=cache_bytes,
+        placement.validation_source, collate, cache_bytes=cache_bytes,
         device=device, batch_size=512,
     )  # fmt: skip
     gauges = TrainingGauges(job.name) if rank == 0 else None
@@ -180,7 +212,7 @@ def run_epochs(loop: LoopConfig) -> None:
         }
         # Before the report: once Tune has it, ASHA may end this process at any moment.
         log_epoch(metrics, step=epoch)
-        report(metrics, loop, model, optimizer, scheduler, scaler, rank, uploads)
+        report(metrics, loop, model, optimizer, scheduler, scaler, rank, uploads, placement.send)
         if gauges:
             gauges.update(metrics)
     together(lambda: uploads.finish() if rank == 0 else None)  # the last one is whole, or said
@@ -218,7 +250,8 @@ class EpochData:
         row_bytes = spec.size * np.dtype(spec.dtype).itemsize
         per_chunk = CHUNK_BYTES // max(row_bytes * batch_size, 1)
         self.batches_per_chunk = max(1, min(CHUNK_BATCHES, per_chunk)) if chunked else 1
-        self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Tensors handed in whole (a split held in memory, workloads/intrial.py) need no Ray Data.
+        self.cached = shard if isinstance(shard, tuple) else None
 
     def batches(self, shuffle_seed: int | None = None):
         """One epoch of batches; shuffled (seeded) when `shuffle_seed` is given."""
@@ -399,7 +432,7 @@ def all_reduce_sum(value: float, device) -> float:
 
 
 def report(metrics, loop: LoopConfig, model, optimizer, scheduler, scaler, rank: int,
-           uploads: Uploads) -> None:  # fmt: skip
+           uploads: Uploads, send=ray.train.report) -> None:  # fmt: skip
     """Report metrics every epoch; every `checkpoint_every` epochs (and after the last) rank 0
     first writes a checkpoint and hands it to `uploads`: a sync upload is whole in storage
     before the epoch is reported. Ray Train gets metrics only (workloads/runs.py says why)."""
@@ -429,7 +462,7 @@ def report(metrics, loop: LoopConfig, model, optimizer, scheduler, scaler, rank:
         path = together(lambda: uploads.put(epoch, write) if rank == 0 else None)
         if rank == 0:
             metrics = {**metrics, "checkpoint_path": path}  # what Tune ranks (tune/report.py)
-    ray.train.report(metrics)
+    send(metrics)
     if rank == 0:
         print(format_progress(job, metrics), flush=True)
 

@@ -184,3 +184,52 @@ def test_a_saturated_metric_registers_the_checkpoint_the_summary_names(
     assert result.registered["epoch"] == result.best["epoch"]
     stored = local_storage.read_json("sweeps/easy/summary.json")
     assert stored["best"]["epoch"] == result.best["epoch"] == lineage["epoch"]
+
+
+def test_an_in_trial_sweep_starts_no_train_workers_and_registers_like_a_trainer_sweep(
+    ray_session, local_storage, tmp_path
+):
+    """One-worker trials train inside the Tune trial (trial_mode auto): no Ray Train controller
+    or worker is started, and the sweep's run record, summary and registered version have the
+    same shape as a sweep whose trials fit a TorchTrainer."""
+    from ray.util.state import list_actors
+
+    def train_actors() -> set[str]:
+        names = ("TrainController", "RayTrainWorker")
+        actors = list_actors(limit=10_000, raise_on_missing_output=False)
+        return {a.actor_id for a in actors if any(n in a.class_name for n in names)}
+
+    def sweep_with(mode: str):
+        sweep = load_sweep_config(
+            "debug-sweep", [f"name=shape-{mode}", "num_samples=1", f"trial_mode={mode}"]
+        )
+        return run_sweep(sweep, local_storage, register=f"shape-{mode}", plot_dir=tmp_path)
+
+    before = train_actors()
+    in_trial = sweep_with("auto")
+    assert train_actors() == before, "an in-trial sweep started Ray Train actors"
+    trainer = sweep_with("trainer")
+    assert train_actors() != before  # the check above can see them
+
+    def shape(result, mode: str):
+        trial = f"sweeps/shape-{mode}/trials/trial-{result.best['trial']}"
+        layout = sorted(k.removeprefix(trial).split("/")[1] for k in local_storage.list(trial))
+        registry = open_registry(local_storage)
+        described = registry.describe(f"shape-{mode}", result.registered["version"])
+        return {
+            "rows": [sorted(row) for row in result.rows],
+            "best": sorted(result.best),
+            "registered": sorted(result.registered),
+            "lineage": sorted(described["lineage"]),
+            "meta": sorted(described["meta"]),
+            # Ray Train's own .validate_storage_marker aside: raylane's run record
+            "layout": sorted({name for name in layout if not name.startswith(".")}),
+            "summary": sorted(local_storage.read_json(f"sweeps/shape-{mode}/summary.json")),
+        }
+
+    assert shape(in_trial, "auto") == shape(trainer, "trainer")
+    assert in_trial.registered["version"] == 1 and not in_trial.errors
+    assert in_trial.best["epoch"] == 2 and in_trial.best["metric"] > 0.5
+    assert local_storage.exists(
+        f"sweeps/shape-auto/trials/trial-{in_trial.best['trial']}/summary.json"
+    )

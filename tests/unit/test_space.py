@@ -7,7 +7,13 @@ import pytest
 
 from cluster.config import validate
 from cluster.errors import ConfigError
-from tune.config import Param, SweepConfig, load_sweep_config, sweep_presets
+from tune.config import (
+    Param,
+    SweepConfig,
+    load_sweep_config,
+    resolve_trial_mode,
+    sweep_presets,
+)
 from tune.space import base_training_config, trial_config, tune_space
 
 
@@ -79,3 +85,35 @@ def test_bad_spaces_fail_before_any_trial_with_the_field_named(changes, message)
     with pytest.raises(ConfigError) as caught:
         base_training_config(validate(SweepConfig, data, source="sweep config"))
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, mode",
+    [
+        (["train.num_workers=1"], "in_trial"),  # auto: one worker trains inside its trial
+        (["train.num_workers=2"], "trainer"),
+        (["train.num_workers=1", "train.strategy=fsdp"], "trainer"),
+        (["train.num_workers=1", "trial_mode=trainer"], "trainer"),
+        (
+            ["train.num_workers=1", "space={train.num_workers: {type: choice, values: [1, 2]}}"],
+            "trainer",
+        ),  # fmt: skip
+    ],
+)
+def test_trial_mode_auto_trains_inside_the_trial_only_for_one_ddp_worker(overrides, mode):
+    job = [o for o in overrides if o.startswith("train.")]
+    rest = [o for o in overrides if not o.startswith("train.")]
+    sweep = load_sweep_config("debug-sweep", [f"overrides=[{', '.join(job)}]", *rest])
+    assert resolve_trial_mode(sweep, base_training_config(sweep)["train"]) == mode
+
+
+def test_in_trial_mode_with_two_workers_names_the_fields_and_the_fix():
+    sweep = load_sweep_config(
+        "debug-sweep", ["overrides=[train.num_workers=2]", "trial_mode=in_trial"]
+    )
+    with pytest.raises(ConfigError) as caught:
+        resolve_trial_mode(sweep, base_training_config(sweep)["train"])
+    assert "trial_mode: in_trial" in str(caught.value)
+    assert "set train.num_workers=1" in str(caught.value) and "trial_mode=trainer" in str(
+        caught.value
+    )
