@@ -435,7 +435,9 @@ def report(metrics, loop: LoopConfig, model, optimizer, scheduler, scaler, rank:
            uploads: Uploads, send=ray.train.report) -> None:  # fmt: skip
     """Report metrics every epoch; every `checkpoint_every` epochs (and after the last) rank 0
     first writes a checkpoint and hands it to `uploads`: a sync upload is whole in storage
-    before the epoch is reported. Ray Train gets metrics only (workloads/runs.py says why)."""
+    before the epoch is reported. Ray Train gets metrics only (workloads/runs.py says why).
+    `checkpoint_s`, what this cost the step (bench/checkpoint_cost.py), goes with them."""
+    began = time.perf_counter()
     job, epoch = loop.job, metrics["epoch"]
     if epoch % job.train.checkpoint_every == 0 or epoch == job.train.epochs:
         weights, optimizer_state = None, None
@@ -462,7 +464,7 @@ def report(metrics, loop: LoopConfig, model, optimizer, scheduler, scaler, rank:
         path = together(lambda: uploads.put(epoch, write) if rank == 0 else None)
         if rank == 0:
             metrics = {**metrics, "checkpoint_path": path}  # what Tune ranks (tune/report.py)
-    send(metrics)
+    send({**metrics, "checkpoint_s": time.perf_counter() - began})
     if rank == 0:
         print(format_progress(job, metrics), flush=True)
 

@@ -18,8 +18,10 @@ pytestmark = pytest.mark.integration
 RATIO_FIELDS = {"name", "label", "raylane", "baseline", "unit", "goal", "value", "met"}
 # Not smoke-tested, to keep make test short: optimize_train's quick mode is six Ray Train runs
 # of the commands test_train.py's fine-tune, prune and distill tests already run;
-# train_memory's is four Ray Train runs of the ddp and fsdp wrapping test_train.py trains with.
-NOT_SMOKED = {"optimize_train", "train_memory"}
+# train_memory's is four Ray Train runs of the ddp and fsdp wrapping test_train.py trains with;
+# checkpoint_cost's is two runs of the sync and async uploads test_train.py checks (and its
+# `checkpoint_s` feeds bench.train's row, which is smoked).
+NOT_SMOKED = {"optimize_train", "train_memory", "checkpoint_cost"}
 
 
 @pytest.fixture
