@@ -19,7 +19,11 @@ one torch thread. Contenders, in this order:
   through Serve's HTTP proxy (the default);
 - raylane Serve with batching in Serve's throughput-optimized mode
   (RAY_SERVE_THROUGHPUT_OPTIMIZED=1), requests sent to the replica's direct-ingress port, as
-  an HAProxy in front of the replicas would (full run only).
+  an HAProxy in front of the replicas would (full run only);
+- gRPC against HTTP on the batching app: the Open Inference Protocol v2's ModelInfer through
+  Serve's gRPC proxy (`bench/grpc_load.py`) and v1 predict through its HTTP proxy, at the top
+  concurrency, in interleaved pairs (HTTP, gRPC, HTTP, gRPC, ...) so drifts of the machine hit
+  both alike; the row is the median of the pairs, the note their spread.
 
 The load generator (`bench/loadgen.py`) is a separate process outside Ray: closed loops at
 fixed concurrency levels, then an open loop at a fixed offered rate. Every request carries
@@ -46,6 +50,7 @@ from bench.common import (
     bench_main,
     bench_storage,
     equal_priority,
+    median,
     start_ray,
 )
 
@@ -54,6 +59,7 @@ HIDDEN, FEATURES, CLASSES = [6144, 6144, 6144], 512, 10
 QUICK_HIDDEN, QUICK_FEATURES = [256, 256], 64  # --quick: a smoke test of the plumbing
 MAX_BATCH_SIZE = 32
 HOST = "127.0.0.1"
+PROTOCOL_PAIRS = 3  # gRPC vs HTTP: interleaved repetitions
 
 
 def register_model(storage, hidden: list[int], features: int) -> str:
@@ -196,16 +202,45 @@ def raylane_serve(storage, ref: str, port: int, *, max_batch_size: int):
         ray_serve.delete(APP_NAME)
 
 
+def grpc_load(target: str, *, features: int, concurrency: int, duration: float,
+              warmup: float) -> dict:  # fmt: skip
+    """Run bench.grpc_load in its own process: one closed-loop level of ModelInfer calls."""
+    command = [
+        sys.executable, "-m", "bench.grpc_load", "--target", target, "--model", MODEL_NAME,
+        "--features", str(features), "--concurrency", str(concurrency),
+        "--duration", str(duration), "--warmup", str(warmup),
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=duration + warmup + 120,
+                         check=True)  # fmt: skip
+    return json.loads(out.stdout)[0]
+
+
+def protocol_pairs(url: str, grpc_target: str, options: dict, repetitions: int) -> dict:
+    """HTTP v1 and gRPC v2 at the top concurrency, alternating, `repetitions` times each."""
+    top = options["levels"][-1]
+    timing = {"duration": options["duration"], "warmup": options["warmup"]}
+    pairs: dict = {"http": [], "grpc": []}
+    for _ in range(repetitions):
+        http_options = {**options, "levels": [top], "rate": 0}
+        pairs["http"].append(load(url, **http_options)[0])
+        pairs["grpc"].append(
+            grpc_load(grpc_target, features=options["features"], concurrency=top, **timing)
+        )
+    return pairs
+
+
 def serve_loads(storage, ref: str, variants: dict[str, int], options: dict, *,
-                direct_port: int | None = None) -> dict:  # fmt: skip
-    """Start Ray and Serve, load each variant (label -> max_batch_size) in turn."""
+                direct_port: int | None = None, pairs: int = PROTOCOL_PAIRS) -> dict:  # fmt: skip
+    """Start Ray and Serve (HTTP and gRPC proxies), load each variant (label ->
+    max_batch_size) in turn; the batching one also gRPC against HTTP, `pairs` times."""
     from ray import serve as ray_serve
 
     from cluster.s3server import free_port
+    from serve.grpc_proxy import serve_start_options
 
     start_ray()
-    proxy_port = free_port()
-    ray_serve.start(http_options={"host": HOST, "port": proxy_port})
+    proxy_port, grpc_port = free_port(), free_port()
+    ray_serve.start(**serve_start_options(host=HOST, port=proxy_port, grpc_port=grpc_port))
     measured = {}
     try:
         for label, batch in variants.items():
@@ -213,6 +248,10 @@ def serve_loads(storage, ref: str, variants: dict[str, int], options: dict, *,
             port = direct_port or proxy_port
             with raylane_serve(storage, ref, port, max_batch_size=batch) as url:
                 measured[label] = load(url, **options)
+                if label == "batching" and not direct_port:
+                    print("[serve] gRPC vs HTTP, interleaved ...", flush=True)
+                    target = f"{HOST}:{grpc_port}"
+                    measured["grpc_vs_http"] = protocol_pairs(url, target, options, pairs)
     finally:
         ray_serve.shutdown()
     return measured
@@ -275,7 +314,8 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
         with plain_fastapi(storage, ref) as url:
             measured["fastapi"] = load(url, **options)
         variants = {"batching": MAX_BATCH_SIZE, "no_batching": 1}
-        measured |= serve_loads(storage, ref, variants, options)
+        pairs = 1 if quick else PROTOCOL_PAIRS  # --quick (and the test tier) checks plumbing
+        measured |= serve_loads(storage, ref, variants, options, pairs=pairs)
         if not quick:
             print("[serve] raylane Serve, throughput-optimized (direct ingress) ...", flush=True)
             measured |= direct_ingress_loads(storage, ref, options)
@@ -309,6 +349,18 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
         raylane=at(measured["no_batching"], concurrency=top)["requests_per_s"],
         baseline=fastapi,
         unit="req/s",
+    )
+    pairs = measured["grpc_vs_http"]
+    rates = {k: [level["requests_per_s"] for level in pairs[k]] for k in ("grpc", "http")}
+    spread = ", ".join(f"{k} {min(v):.0f}-{max(v):.0f}" for k, v in rates.items())
+    result.ratio(
+        "serve_grpc_vs_http",
+        f"requests/s at concurrency {top}: gRPC v2 ModelInfer vs HTTP v1 predict (Serve, "
+        f"batching), median of {len(rates['grpc'])} interleaved pairs",
+        raylane=median(rates["grpc"]),
+        baseline=median(rates["http"]),
+        unit="req/s",
+        note=f"spread (min-max req/s): {spread}",
     )
     result.ratio(
         "serve_latency_c1",

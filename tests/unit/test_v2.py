@@ -7,6 +7,7 @@ bad-tensor table, tensors out, the committed stubs, the gRPC proxy's bind hook.
 from __future__ import annotations
 
 import filecmp
+import re
 import shutil
 import subprocess
 import sys
@@ -225,7 +226,7 @@ def test_committed_stubs_equal_what_make_proto_generates(tmp_path):
     shutil.copy(ROOT / PROTO, tmp_path / PROTO)
     command = [sys.executable, "-m", "grpc_tools.protoc", "-I.", "--python_out=.",
                "--grpc_python_out=.", PROTO]  # fmt: skip
-    assert command[1:] == ["-m", *_make_proto_command()]
+    assert command[1:] == ["-m", *_make_proto_command()]  # what "proto" (make proto) runs
     subprocess.run(command, cwd=tmp_path, check=True)
     for name in ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2_grpc.py"):
         generated, committed = tmp_path / "serve/proto" / name, ROOT / "serve/proto" / name
@@ -233,7 +234,10 @@ def test_committed_stubs_equal_what_make_proto_generates(tmp_path):
 
 
 def _make_proto_command() -> list[str]:
-    line = next(x for x in (ROOT / "Makefile").read_text().splitlines() if x.startswith("PROTO_"))
+    """The protoc arguments that `make proto` runs."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^proto: .*\n\t\$\(BIN\)/python \$\(PROTO_COMMAND\)$", makefile, re.M)
+    line = next(x for x in makefile.splitlines() if x.startswith("PROTO_COMMAND"))
     return line.split(":=", 1)[1].split()[1:]
 
 
