@@ -71,6 +71,7 @@ from serve.canary import Canary
 from serve.config import ServeArgs, check_batch_fits, parse_dynamic
 from serve.grpc_proxy import grpc_address, serve_start_options
 from serve.predictor import Prediction, Predictor
+from serve.scale_to_zero import report_cold_starts
 from serve.schemas import (
     ErrorResponse,
     PredictRequest,
@@ -537,7 +538,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             flag, default = f"--{name.replace('_', '-')}", field.default
             add(flag, type=type(default), default=default, help=f"{field.description} ({default})")
     add("--max-replicas", type=int, help="autoscale between --min-replicas and this")
-    add("--min-replicas", type=int, default=1, help="with --max-replicas (default 1)")
+    add(
+        "--min-replicas",
+        type=int,
+        default=1,
+        help="with --max-replicas (default 1; 0: scale to zero when idle, serve/scale_to_zero.py)",
+    )
     add("--target-ongoing-requests", type=float, default=2.0, help="autoscaling target per replica")
     add("--api-key-env", default="RAYLANE_API_KEY", help="env var holding the API key, if set")
     add_allow_flag(parser, dest="custom_model_modules")
@@ -579,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if grpc_port:
             print(f"gRPC (Open Inference Protocol v2) at {grpc_address(host, grpc_port)}")
         print(f"docs at {url.split('/v1/')[0]}/docs; Ctrl-C stops", flush=True)
+        if (args.autoscaling_config or {}).get("min_replicas") == 0:
+            report_cold_starts(APP_NAME, f"{name}:{version}")  # serve/scale_to_zero.py
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
