@@ -9,7 +9,8 @@ routes and the gRPC service (serve/v2_server.py). Pure: no Ray, no torch.
 A model takes one input tensor, named "input", of shape [N, F] (F the model's flat feature
 count) or [N, *S] (S its per-instance shape, as GET /v2/models/NAME shows), datatype FP32,
 FP64, INT32 or INT64; a token model takes INT32 or INT64 ids of shape [N, L'] with L' up to its
-length (shorter rows are padded with 0). It answers two outputs: "predictions" (BYTES [N], the
+length (shorter rows are padded with 0); a text model takes BYTES [N], one string per row
+(an image model also base64 PNG/JPEG strings). It answers two outputs: "predictions" (BYTES [N], the
 class names) and "probabilities" (FP32 [N, C]); the response's model_version names the version
 that answered. Every mistake is a RequestError whose status (400/404/413/422) the REST route
 sends and `grpc_code` turns into INVALID_ARGUMENT, NOT_FOUND, ...; its message names the
@@ -115,8 +116,16 @@ def _shape(shape: Any, name: str) -> tuple[int, ...]:
 
 def _values(name: str, datatype: str, leaves: list) -> np.ndarray:
     """JSON numbers -> a flat array of the datatype; a value of the wrong kind is named."""
+    if datatype == "BYTES":
+        for position, value in enumerate(leaves):
+            if not isinstance(value, str):
+                what = _json_type(value)
+                raise RequestError(
+                    422, f'input "{name}" value {position} is {what}; a BYTES tensor holds strings'
+                )
+        return np.array(leaves, dtype=object).reshape(-1)
     if datatype not in DATATYPES:
-        raise _bad_datatype(name, datatype, tuple(DATATYPES))
+        raise _bad_datatype(name, datatype, (*DATATYPES, "BYTES"))
     integers = datatype.startswith("INT")
     for position, value in enumerate(leaves):
         if type(value) is not int and (integers or type(value) is not float):
@@ -147,22 +156,12 @@ def infer_request_from_grpc(request: pb.ModelInferRequest) -> InferRequest:
     tensors = []
     for index, tensor in enumerate(request.inputs):
         name, datatype, shape = tensor.name, tensor.datatype, tuple(tensor.shape)
-        if datatype not in DATATYPES:
-            raise _bad_datatype(name, datatype, tuple(DATATYPES))
-        dtype, contents_field = DATATYPES[datatype]
-        if raw:
-            if len(raw[index]) % np.dtype(dtype).itemsize:
-                raise RequestError(
-                    422, f'input "{name}": {len(raw[index])} raw bytes are not whole {datatype}s'
-                )
-            data = np.frombuffer(raw[index], dtype=dtype)
+        if datatype == "BYTES":
+            data = _grpc_strings(tensor, bool(raw))
+        elif datatype not in DATATYPES:
+            raise _bad_datatype(name, datatype, (*DATATYPES, "BYTES"))
         else:
-            used = [f.name for f, _ in tensor.contents.ListFields()]
-            if used and used != [contents_field]:
-                raise RequestError(
-                    422, f'input "{name}" is {datatype}: send its values in {contents_field}'
-                )
-            data = np.asarray(getattr(tensor.contents, contents_field), dtype=dtype)
+            data = _grpc_numbers(tensor, raw[index] if raw else None)
         if any(d < 0 for d in shape):
             raise RequestError(422, f'input "{name}": shape {list(shape)} has a negative size')
         _check_size(name, shape, data.size)
@@ -170,6 +169,38 @@ def infer_request_from_grpc(request: pb.ModelInferRequest) -> InferRequest:
     if not tensors:
         raise RequestError(422, f'no inputs; send one tensor named "{INPUT_NAME}"')
     return InferRequest(tensors, [o.name for o in request.outputs], request.id)
+
+
+def _grpc_strings(tensor, raw: bool) -> np.ndarray:
+    """BYTES contents -> an array of str (UTF-8); raw BYTES (length-prefixed) are not taken."""
+    if raw:
+        raise RequestError(
+            422, f'input "{tensor.name}" is BYTES: send its values in bytes_contents, not raw'
+        )
+    try:
+        return np.array([b.decode() for b in tensor.contents.bytes_contents], dtype=object)
+    except UnicodeDecodeError:
+        raise RequestError(
+            422, f'input "{tensor.name}" holds bytes that are not UTF-8 text or base64'
+        ) from None
+
+
+def _grpc_numbers(tensor, raw: bytes | None) -> np.ndarray:
+    """Numeric contents (the datatype's field) or raw little-endian bytes -> a flat array."""
+    name, datatype = tensor.name, tensor.datatype
+    dtype, contents_field = DATATYPES[datatype]
+    if raw is not None:
+        if len(raw) % np.dtype(dtype).itemsize:
+            raise RequestError(
+                422, f'input "{name}": {len(raw)} raw bytes are not whole {datatype}s'
+            )
+        return np.frombuffer(raw, dtype=dtype)
+    used = [f.name for f, _ in tensor.contents.ListFields()]
+    if used and used != [contents_field]:
+        raise RequestError(
+            422, f'input "{name}" is {datatype}: send its values in {contents_field}'
+        )
+    return np.asarray(getattr(tensor.contents, contents_field), dtype=dtype)
 
 
 def _check_size(name: str, shape: tuple[int, ...], count: int) -> None:
@@ -197,11 +228,11 @@ def rows_from_inputs(schema: InputSchema, inputs: list[Tensor], *, max_instances
             422, f'inputs {names}: this model takes one input named "{INPUT_NAME}"'
         )  # fmt: skip
     tensor = inputs[0]
-    accepted = TOKEN_DATATYPES if schema.tokens else tuple(DATATYPES)
+    accepted = input_datatypes(schema)
     if tensor.datatype not in accepted:
         raise _bad_datatype(tensor.name, tensor.datatype, accepted)
-    shapes = input_shapes(schema)
-    if len(tensor.shape) < 2 or not any(_fits(tensor.shape[1:], s, schema) for s in shapes):
+    shapes = input_shapes(schema, tensor.datatype)
+    if not tensor.shape or not any(_fits(tensor.shape[1:], s, schema) for s in shapes):
         wanted = " or ".join(_shape_text(s, schema) for s in shapes)
         raise RequestError(
             422, f'input "{tensor.name}" has shape {list(tensor.shape)}; expected {wanted}'
@@ -212,6 +243,8 @@ def rows_from_inputs(schema: InputSchema, inputs: list[Tensor], *, max_instances
             422, f'input "{tensor.name}" has {count} rows; send 1 to {max_instances} per request'
         )
     rows = tensor.data.reshape(count, -1).tolist()
+    if tensor.datatype == "BYTES":  # one string per row: a text, or a base64 image
+        rows = [row[0] for row in rows]
     try:  # the schema's own value checks (finite numbers, token ids in range), one source
         return schema.parse(rows, max_instances=max_instances)
     except RequestError as error:
@@ -219,8 +252,22 @@ def rows_from_inputs(schema: InputSchema, inputs: list[Tensor], *, max_instances
         raise RequestError(error.status_code, message) from None
 
 
-def input_shapes(schema: InputSchema) -> list[tuple[int, ...]]:
+def input_datatypes(schema: InputSchema) -> tuple[str, ...]:
+    """Text models take strings (BYTES), image models numbers or base64 PNG/JPEG strings,
+    token models integer ids, the others numbers."""
+    if schema.spec.kind == "text":
+        return ("BYTES",)
+    if schema.tokens:
+        return TOKEN_DATATYPES
+    if schema.spec.kind == "image" and len(schema.shape) == 3:
+        return (*DATATYPES, "BYTES")
+    return tuple(DATATYPES)
+
+
+def input_shapes(schema: InputSchema, datatype: str) -> list[tuple[int, ...]]:
     """Per-row shapes an input may have; -1 is any length up to the model's (token ids)."""
+    if datatype == "BYTES":
+        return [(), (1,)]  # [N] or [N, 1]: one string per row
     if schema.tokens:
         return [(-1,)]
     return schema.accepted_shapes()
@@ -294,6 +341,9 @@ def infer_response_grpc(answer: dict, infer: InferRequest) -> pb.ModelInferRespo
 def model_metadata(*, name: str, version: int, schema: InputSchema) -> dict:
     """GET /v2/models/NAME and ModelMetadata: versions, the input and the outputs."""
     row = [-1] if schema.tokens else list(schema.shape)
+    datatype = "INT64" if schema.tokens else "FP32"
+    if schema.spec.kind == "text":  # one string per row
+        row, datatype = [], "BYTES"
     return {
         "name": name,
         "versions": [str(version)],
@@ -301,7 +351,7 @@ def model_metadata(*, name: str, version: int, schema: InputSchema) -> dict:
         "inputs": [
             {
                 "name": INPUT_NAME,
-                "datatype": "INT64" if schema.tokens else "FP32",
+                "datatype": datatype,
                 "shape": [-1, *row],
             },
         ],  # fmt: skip

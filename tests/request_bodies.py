@@ -165,8 +165,8 @@ def v2_bodies() -> st.SearchStrategy:
             {"name": "input", "shape": [n, width], "datatype": datatype,
              "data": data[: n * width] + [0] * (n * width - len(data))}
         ),
-        st.integers(1, 4), st.sampled_from([64, 3]), st.sampled_from(["FP32", "INT64"]),
-        st.lists(value | st.integers(0, 15), max_size=256),
+        st.integers(1, 4), st.sampled_from([64, 3, 1]), st.sampled_from(["FP32", "INT64", "BYTES"]),
+        st.lists(value | st.integers(0, 15) | st.text(max_size=30), max_size=256),
     )  # fmt: skip
     tensor = tensor | fits
     wrapped = st.lists(tensor, min_size=0, max_size=2).map(

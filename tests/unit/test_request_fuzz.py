@@ -86,7 +86,7 @@ def test_any_body_gets_a_json_answer_or_a_4xx_that_says_why(predictors, one_thre
         assert all(math.isclose(sum(row), 1.0, rel_tol=1e-4) for row in probabilities)
 
 
-@pytest.mark.parametrize("kind", ["cnn", "tokens"])
+@pytest.mark.parametrize("kind", ["cnn", "tokens", "text"])
 @settings(FUZZ, max_examples=300)
 @given(body=v2_bodies())
 def test_any_v2_body_gets_a_json_answer_or_a_4xx_that_says_why(predictors, one_thread, kind, body):

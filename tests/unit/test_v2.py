@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from helpers import digits_checkpoint, digits_data, tokens_checkpoint
+from helpers import digits_checkpoint, digits_data, png_base64, text_checkpoint, tokens_checkpoint
 
 from serve.grpc_proxy import HOST_ENV, bind_grpc_to_host, serve_start_options
 from serve.predictor import Predictor
@@ -135,7 +135,10 @@ BAD_REST = [
     ("1-d shape", body(ROW, shape=[64]), 422, "has shape [64]; expected"),
     ("size mismatch", body(ROW, shape=[2, 64]), 422, "has 64 values but its shape [2, 64] needs 128"),
     ("bad datatype", body(ROW, shape=[1, 64], datatype="FP16"), 422, "expected one of FP32"),
-    ("BYTES", body(["a"] * 64, shape=[1, 64], datatype="BYTES"), 422, 'datatype "BYTES"'),
+    ("BYTES of pixels", body(["a"] * 64, shape=[1, 64], datatype="BYTES"), 422,
+     "expected [N] or [N, 1]"),
+    ("bad base64 image", body(["%%%"], shape=[1], datatype="BYTES"), 422,
+     "input[0] is a string but not valid base64"),
     ("string value", body(["x", *ROW[1:]], shape=[1, 64]), 422, 'value 0 is the string "x"'),
     ("float in INT64", body(ROW, shape=[1, 64], datatype="INT64"), 422, "holds integers"),
     ("INT32 overflow", body([2**40] * 64, shape=[1, 64], datatype="INT32"), 422, "INT32 range"),
@@ -202,6 +205,35 @@ def test_token_models_take_integer_ids_padded_to_their_length(tokens):
             rest_rows(tokens, payload)
     metadata = model_metadata(name="text", version=1, schema=tokens.schema)
     assert metadata["inputs"] == [{"name": "input", "datatype": "INT64", "shape": [-1, -1]}]
+
+
+def test_text_and_image_models_take_strings_as_bytes_tensors(tmp_path, digits):
+    text = Predictor.from_checkpoint(
+        text_checkpoint(tmp_path / "text"), name="news", version=1, policy=CodePolicy.CONFIGURED
+    )
+    sentences = ["markets rally as rates fall", "the team wins the final"]
+    expected = text.schema.parse(sentences, max_instances=16)
+    for shape in ([2], [2, 1]):
+        rows = rest_rows(text, body(sentences, shape=shape, datatype="BYTES"))
+        assert np.array_equal(rows, expected)
+    request = pb.ModelInferRequest(inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="input", datatype="BYTES", shape=[2],
+        contents=pb.InferTensorContents(bytes_contents=[t.encode() for t in sentences]))])  # fmt: skip
+    infer = infer_request_from_grpc(request)
+    assert np.array_equal(rows_from_inputs(text.schema, infer.inputs, max_instances=16), expected)
+    with pytest.raises(RequestError, match="expected one of BYTES"):
+        rest_rows(text, body([1.0], shape=[1, 1]))
+    with pytest.raises(RequestError, match="value 0 is the number 7; a BYTES tensor holds strings"):
+        rest_rows(text, body([7], shape=[1], datatype="BYTES"))
+    metadata = model_metadata(name="news", version=1, schema=text.schema)
+    assert metadata["inputs"] == [{"name": "input", "datatype": "BYTES", "shape": [-1]}]
+
+    pixels = (digits_data()[0][:2].reshape(2, 8, 8)).astype(np.uint8)
+    images = [png_base64(p) for p in pixels]
+    rows = rest_rows(digits, body(images, shape=[2], datatype="BYTES"))
+    assert np.array_equal(
+        rows, digits.schema.parse(pixels.reshape(2, 64).tolist(), max_instances=16)
+    )
 
 
 def test_model_metadata_names_versions_inputs_and_outputs(digits):
