@@ -23,7 +23,10 @@ one torch thread. Contenders, in this order:
 - gRPC against HTTP on the batching app: the Open Inference Protocol v2's ModelInfer through
   Serve's gRPC proxy (`bench/grpc_load.py`) and v1 predict through its HTTP proxy, at the top
   concurrency, in interleaved pairs (HTTP, gRPC, HTTP, gRPC, ...) so drifts of the machine hit
-  both alike; the row is the median of the pairs, the note their spread.
+  both alike; the row is the median of the pairs, the note their spread;
+- scale to zero: the batching app with `min_replicas: 0`; once it has no replica, the seconds
+  until a request is answered (a replica starting and loading the model), against a warm
+  replica's p50 latency.
 
 The load generator (`bench/loadgen.py`) is a separate process outside Ray: closed loops at
 fixed concurrency levels, then an open loop at a fixed offered rate. Every request carries
@@ -176,9 +179,10 @@ def plain_fastapi(storage, ref: str):
 
 
 @contextlib.contextmanager
-def raylane_serve(storage, ref: str, port: int, *, max_batch_size: int):
+def raylane_serve(storage, ref: str, port: int, *, max_batch_size: int, **settings):
     """raylane's Serve app (serve.app.build_app) on the running Serve instance; yields the
-    predict URL on `port` (the proxy's, or the replica's own in direct-ingress mode)."""
+    predict URL on `port` (the proxy's, or the replica's own in direct-ingress mode).
+    `settings`: more ServeArgs, e.g. an autoscaling_config."""
     from ray import serve as ray_serve
 
     from serve.app import APP_NAME, build_app
@@ -193,6 +197,7 @@ def raylane_serve(storage, ref: str, port: int, *, max_batch_size: int):
         num_replicas=1,
         api_key_env=None,
         watch_interval_s=0,
+        **settings,
     )
     ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/")
     try:
@@ -229,6 +234,34 @@ def protocol_pairs(url: str, grpc_target: str, options: dict, repetitions: int) 
     return pairs
 
 
+# Scale to zero with short delays, so the benchmark waits seconds, not minutes, for zero.
+TO_ZERO = {"min_replicas": 0, "max_replicas": 1, "downscale_delay_s": 1,
+           "downscale_to_zero_delay_s": 1, "metrics_interval_s": 0.5, "look_back_period_s": 1}  # fmt: skip
+
+
+def cold_starts(storage, ref: str, port: int, *, features: int, repetitions: int) -> list[float]:
+    """Seconds from a request to its answer while the app has no replica (min_replicas 0):
+    starting a replica and loading the model, as a client sees it."""
+    import httpx
+
+    from serve.app import APP_NAME
+    from serve.scale_to_zero import replica_counts
+
+    body = {"instances": [[0.0] * features]}
+    seconds = []
+    with raylane_serve(storage, ref, port, max_batch_size=MAX_BATCH_SIZE,
+                       autoscaling_config=TO_ZERO) as url:  # fmt: skip
+        for _ in range(repetitions):
+            deadline = time.monotonic() + 120
+            while replica_counts(APP_NAME) != (0, 0) and time.monotonic() < deadline:
+                time.sleep(0.25)
+            started = time.perf_counter()
+            answer = httpx.post(url, json=body, timeout=300)
+            seconds.append(time.perf_counter() - started)
+            answer.raise_for_status()
+    return seconds
+
+
 def serve_loads(storage, ref: str, variants: dict[str, int], options: dict, *,
                 direct_port: int | None = None, pairs: int = PROTOCOL_PAIRS) -> dict:  # fmt: skip
     """Start Ray and Serve (HTTP and gRPC proxies), load each variant (label ->
@@ -252,6 +285,11 @@ def serve_loads(storage, ref: str, variants: dict[str, int], options: dict, *,
                     print("[serve] gRPC vs HTTP, interleaved ...", flush=True)
                     target = f"{HOST}:{grpc_port}"
                     measured["grpc_vs_http"] = protocol_pairs(url, target, options, pairs)
+        if not direct_port:
+            print("[serve] cold starts from zero replicas ...", flush=True)
+            measured["cold_start_s"] = cold_starts(
+                storage, ref, proxy_port, features=options["features"], repetitions=pairs
+            )
     finally:
         ray_serve.shutdown()
     return measured
@@ -361,6 +399,16 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
         baseline=median(rates["http"]),
         unit="req/s",
         note=f"spread (min-max req/s): {spread}",
+    )
+    cold = measured["cold_start_s"]
+    warm_s = at(measured["batching"], concurrency=1)["p50_ms"] / 1000
+    result.ratio(
+        "serve_cold_start",
+        "seconds to answer a request at zero replicas (scale to zero) vs a warm replica's p50",
+        raylane=median(cold),
+        baseline=warm_s,
+        unit="s",
+        note=f"cold starts (s): {', '.join(f'{s:.1f}' for s in cold)}",
     )
     result.ratio(
         "serve_latency_c1",
