@@ -578,6 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # sent as soon as it answers came in before a handler set after deploy (test_jobs).
     signal.signal(signal.SIGTERM, _interrupt)
     deployed = False
+    if (args.autoscaling_config or {}).get("min_replicas") == 0:
+        report_cold_starts(APP_NAME, f"{name}:{version}")  # a thread; serve/scale_to_zero.py
     try:
         url = deploy(args, host=host, port=port, grpc_port=grpc_port)
         deployed = True
@@ -585,8 +587,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if grpc_port:
             print(f"gRPC (Open Inference Protocol v2) at {grpc_address(host, grpc_port)}")
         print(f"docs at {url.split('/v1/')[0]}/docs; Ctrl-C stops", flush=True)
-        if (args.autoscaling_config or {}).get("min_replicas") == 0:
-            report_cold_starts(APP_NAME, f"{name}:{version}")  # serve/scale_to_zero.py
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ the seconds from a replica starting with none running to it running:
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -51,13 +52,25 @@ def replica_counts(app_name: str, deployment: str = "ModelServer") -> tuple[int,
 
 
 def report_cold_starts(app_name: str, model: str, *, interval_s: float = 0.25) -> None:
-    """Print a line per cold start of the app's model, forever (Ctrl-C ends it)."""
+    """Print a line per cold start of the app's model, forever, from a daemon thread: started
+    before the app is deployed, it also sees the first replica start (the first request can
+    arrive while `serve.run` is still returning)."""
+    thread = threading.Thread(
+        target=_report, args=(app_name, model, interval_s), name="cold-starts", daemon=True
+    )
+    thread.start()
+
+
+def _report(app_name: str, model: str, interval_s: float) -> None:
     watch = ColdStartWatch()
     while True:
-        running, starting = replica_counts(app_name)
+        time.sleep(interval_s)
+        try:
+            running, starting = replica_counts(app_name)
+        except Exception:  # Serve not started yet, or its controller busy: look again later
+            continue
         seconds = watch.observe(running=running, starting=starting, now=time.monotonic())
         if seconds is not None:
             print(
                 f"cold start: {model} scaled up from zero replicas in {seconds:.1f} s", flush=True
             )
-        time.sleep(interval_s)
