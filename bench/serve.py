@@ -285,7 +285,7 @@ def serve_loads(storage, ref: str, variants: dict[str, int], options: dict, *,
                     print("[serve] gRPC vs HTTP, interleaved ...", flush=True)
                     target = f"{HOST}:{grpc_port}"
                     measured["grpc_vs_http"] = protocol_pairs(url, target, options, pairs)
-        if not direct_port:
+        if not direct_port and pairs > 1:  # not --quick: test_serve covers scale to zero
             print("[serve] cold starts from zero replicas ...", flush=True)
             measured["cold_start_s"] = cold_starts(
                 storage, ref, proxy_port, features=options["features"], repetitions=pairs
@@ -400,7 +400,7 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
         unit="req/s",
         note=f"spread (min-max req/s): {spread}",
     )
-    cold = measured["cold_start_s"]
+    cold = measured.get("cold_start_s", [])
     warm_s = at(measured["batching"], concurrency=1)["p50_ms"] / 1000
     result.ratio(
         "serve_cold_start",
@@ -408,7 +408,9 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
         raylane=median(cold),
         baseline=warm_s,
         unit="s",
-        note=f"cold starts (s): {', '.join(f'{s:.1f}' for s in cold)}",
+        note=f"cold starts (s): {', '.join(f'{s:.1f}' for s in cold)}"
+        if cold
+        else "not in --quick",
     )
     result.ratio(
         "serve_latency_c1",
