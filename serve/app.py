@@ -49,7 +49,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -491,8 +491,9 @@ def deployment_options(args: ServeArgs) -> dict:
 
 
 def deploy(
-    args: ServeArgs, *, host: str, port: int, access_log: bool = True, grpc_port: int | None = None
-) -> str:
+    args: ServeArgs, *, host: str, port: int, access_log: bool = True,
+    grpc_port: int | None = None, started: Callable[[], None] | None = None,
+) -> str:  # fmt: skip
     """Start Serve's HTTP proxy on host:port (and its gRPC proxy on host:grpc_port), run the
     app, return the model's predict URL.
 
@@ -508,6 +509,8 @@ def deploy(
         logger.setLevel(logging.WARNING)
     options = serve_start_options(host=host, port=port, grpc_port=grpc_port)
     ray_serve.start(**options, logging_config=log_settings)
+    if started is not None:  # Serve is up, the app not yet deployed
+        started()
     ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/", logging_config=log_settings)
     shown = "127.0.0.1" if host == "0.0.0.0" else host  # a URL a client on this host can use
     return f"http://{shown}:{port}/v1/models/{ModelRef.parse(args.model).name}:predict"
@@ -578,10 +581,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # sent as soon as it answers came in before a handler set after deploy (test_jobs).
     signal.signal(signal.SIGTERM, _interrupt)
     deployed = False
-    if (args.autoscaling_config or {}).get("min_replicas") == 0:
-        report_cold_starts(APP_NAME, f"{name}:{version}")  # a thread; serve/scale_to_zero.py
+    stops = []  # scale to zero: the cold-start reporter's stop (serve/scale_to_zero.py)
+    watch = (args.autoscaling_config or {}).get("min_replicas") == 0
+    started = (
+        (lambda: stops.append(report_cold_starts(APP_NAME, f"{name}:{version}"))) if watch else None
+    )
     try:
-        url = deploy(args, host=host, port=port, grpc_port=grpc_port)
+        url = deploy(args, host=host, port=port, grpc_port=grpc_port, started=started)
         deployed = True
         print(f"serving {name}:{version} ({args.model}) at {url}")
         if grpc_port:
@@ -592,6 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopping", flush=True)
         with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C must not leave a trace
+            for stop in stops:
+                stop()
             if deployed:
                 ray_serve.delete(APP_NAME)
             else:  # interrupted while deploying

@@ -51,23 +51,31 @@ def replica_counts(app_name: str, deployment: str = "ModelServer") -> tuple[int,
     return states.get("RUNNING", 0), states.get("STARTING", 0)
 
 
-def report_cold_starts(app_name: str, model: str, *, interval_s: float = 0.25) -> None:
-    """Print a line per cold start of the app's model, forever, from a daemon thread: started
-    before the app is deployed, it also sees the first replica start (the first request can
-    arrive while `serve.run` is still returning)."""
+def report_cold_starts(app_name: str, model: str, *, interval_s: float = 0.25):
+    """Print a line per cold start of the app's model from a thread, until the returned
+    function is called (it stops the thread and waits for it: a daemon thread left inside a
+    Ray call at interpreter exit can crash it). Start it once Serve is started and before the
+    app is deployed, so it sees the first replica start too (the first request can arrive
+    while `serve.run` is still returning)."""
+    stop = threading.Event()
     thread = threading.Thread(
-        target=_report, args=(app_name, model, interval_s), name="cold-starts", daemon=True
+        target=_report, args=(app_name, model, interval_s, stop), name="cold-starts", daemon=True
     )
     thread.start()
 
+    def stop_reporting() -> None:
+        stop.set()
+        thread.join(timeout=10)
 
-def _report(app_name: str, model: str, interval_s: float) -> None:
+    return stop_reporting
+
+
+def _report(app_name: str, model: str, interval_s: float, stop: threading.Event) -> None:
     watch = ColdStartWatch()
-    while True:
-        time.sleep(interval_s)
+    while not stop.wait(interval_s):
         try:
             running, starting = replica_counts(app_name)
-        except Exception:  # Serve not started yet, or its controller busy: look again later
+        except Exception:  # the controller busy or restarting: look again next time
             continue
         seconds = watch.observe(running=running, starting=starting, now=time.monotonic())
         if seconds is not None:

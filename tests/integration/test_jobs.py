@@ -310,8 +310,9 @@ def test_sigterm_stops_raylane_serve_cleanly(tmp_path):
     output = log.read_text()
     assert serving.returncode == 0, output[-3000:]
     assert "stopping" in output
-    assert f"gRPC (Open Inference Protocol v2) at 127.0.0.1:{grpc_port}" in output
-    assert re.search(r"cold start: digits:1 scaled up from zero replicas in [\d.]+ s", output)
+    assert f"gRPC (Open Inference Protocol v2) at 127.0.0.1:{grpc_port}" in output, output[-3000:]
+    cold_start = r"cold start: digits:1 scaled up from zero replicas in [\d.]+ s"
+    assert re.search(cold_start, output), output[-3000:]
     for sign in ("Aborted", "core dumped", "*** SIG", "Traceback"):
         assert sign not in output, output[-3000:]
     assert not answers(port)
