@@ -302,6 +302,8 @@ def test_sigterm_stops_raylane_serve_cleanly(tmp_path):
                  what="raylane serve answering /healthz")  # fmt: skip
         assert answers(port), log.read_text()[-3000:]
         assert grpc_live(grpc_port), log.read_text()[-3000:]
+        # printed from the replica states it polls, so shortly after the first answer
+        wait_for(lambda: "cold start:" in log.read_text(), timeout_s=30, what="the cold start")
         serving.send_signal(signal.SIGTERM)
         serving.wait(timeout=120)
     finally:
