@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench clean proto
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ test-fast: setup
 
 demo: setup
 	$(BIN)/python -m raylane.demo
+
+# The Open Inference Protocol v2 stubs (committed; tests/unit/test_v2.py checks they match).
+PROTO_COMMAND := -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. serve/proto/grpc_predict_v2.proto
+proto: setup
+	$(BIN)/python $(PROTO_COMMAND)
 
 bench: setup
 	$(BIN)/python -m bench.run_all

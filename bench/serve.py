@@ -19,7 +19,14 @@ one torch thread. Contenders, in this order:
   through Serve's HTTP proxy (the default);
 - raylane Serve with batching in Serve's throughput-optimized mode
   (RAY_SERVE_THROUGHPUT_OPTIMIZED=1), requests sent to the replica's direct-ingress port, as
-  an HAProxy in front of the replicas would (full run only).
+  an HAProxy in front of the replicas would (full run only);
+- gRPC against HTTP on the batching app: the Open Inference Protocol v2's ModelInfer through
+  Serve's gRPC proxy (`bench/grpc_load.py`) and v1 predict through its HTTP proxy, at the top
+  concurrency, in interleaved pairs (HTTP, gRPC, HTTP, gRPC, ...) so drifts of the machine hit
+  both alike; the row is the median of the pairs, the note their spread;
+- scale to zero: the batching app with `min_replicas: 0`; once it has no replica, the seconds
+  until a request is answered (a replica starting and loading the model), against a warm
+  replica's p50 latency.
 
 The load generator (`bench/loadgen.py`) is a separate process outside Ray: closed loops at
 fixed concurrency levels, then an open loop at a fixed offered rate. Every request carries
@@ -46,6 +53,7 @@ from bench.common import (
     bench_main,
     bench_storage,
     equal_priority,
+    median,
     start_ray,
 )
 
@@ -54,6 +62,7 @@ HIDDEN, FEATURES, CLASSES = [6144, 6144, 6144], 512, 10
 QUICK_HIDDEN, QUICK_FEATURES = [256, 256], 64  # --quick: a smoke test of the plumbing
 MAX_BATCH_SIZE = 32
 HOST = "127.0.0.1"
+PROTOCOL_PAIRS = 3  # gRPC vs HTTP: interleaved repetitions
 
 
 def register_model(storage, hidden: list[int], features: int) -> str:
@@ -170,9 +179,10 @@ def plain_fastapi(storage, ref: str):
 
 
 @contextlib.contextmanager
-def raylane_serve(storage, ref: str, port: int, *, max_batch_size: int):
+def raylane_serve(storage, ref: str, port: int, *, max_batch_size: int, **settings):
     """raylane's Serve app (serve.app.build_app) on the running Serve instance; yields the
-    predict URL on `port` (the proxy's, or the replica's own in direct-ingress mode)."""
+    predict URL on `port` (the proxy's, or the replica's own in direct-ingress mode).
+    `settings`: more ServeArgs, e.g. an autoscaling_config."""
     from ray import serve as ray_serve
 
     from serve.app import APP_NAME, build_app
@@ -187,6 +197,7 @@ def raylane_serve(storage, ref: str, port: int, *, max_batch_size: int):
         num_replicas=1,
         api_key_env=None,
         watch_interval_s=0,
+        **settings,
     )
     ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/")
     try:
@@ -196,16 +207,73 @@ def raylane_serve(storage, ref: str, port: int, *, max_batch_size: int):
         ray_serve.delete(APP_NAME)
 
 
+def grpc_load(target: str, *, features: int, concurrency: int, duration: float,
+              warmup: float) -> dict:  # fmt: skip
+    """Run bench.grpc_load in its own process: one closed-loop level of ModelInfer calls."""
+    command = [
+        sys.executable, "-m", "bench.grpc_load", "--target", target, "--model", MODEL_NAME,
+        "--features", str(features), "--concurrency", str(concurrency),
+        "--duration", str(duration), "--warmup", str(warmup),
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=duration + warmup + 120,
+                         check=True)  # fmt: skip
+    return json.loads(out.stdout)[0]
+
+
+def protocol_pairs(url: str, grpc_target: str, options: dict, repetitions: int) -> dict:
+    """HTTP v1 and gRPC v2 at the top concurrency, alternating, `repetitions` times each."""
+    top = options["levels"][-1]
+    timing = {"duration": options["duration"], "warmup": options["warmup"]}
+    pairs: dict = {"http": [], "grpc": []}
+    for _ in range(repetitions):
+        http_options = {**options, "levels": [top], "rate": 0}
+        pairs["http"].append(load(url, **http_options)[0])
+        pairs["grpc"].append(
+            grpc_load(grpc_target, features=options["features"], concurrency=top, **timing)
+        )
+    return pairs
+
+
+# Scale to zero with short delays, so the benchmark waits seconds, not minutes, for zero.
+TO_ZERO = {"min_replicas": 0, "max_replicas": 1, "downscale_delay_s": 1,
+           "downscale_to_zero_delay_s": 1, "metrics_interval_s": 0.5, "look_back_period_s": 1}  # fmt: skip
+
+
+def cold_starts(storage, ref: str, port: int, *, features: int, repetitions: int) -> list[float]:
+    """Seconds from a request to its answer while the app has no replica (min_replicas 0):
+    starting a replica and loading the model, as a client sees it."""
+    import httpx
+
+    from serve.app import APP_NAME
+    from serve.scale_to_zero import replica_counts
+
+    body = {"instances": [[0.0] * features]}
+    seconds = []
+    with raylane_serve(storage, ref, port, max_batch_size=MAX_BATCH_SIZE,
+                       autoscaling_config=TO_ZERO) as url:  # fmt: skip
+        for _ in range(repetitions):
+            deadline = time.monotonic() + 120
+            while replica_counts(APP_NAME) != (0, 0) and time.monotonic() < deadline:
+                time.sleep(0.25)
+            started = time.perf_counter()
+            answer = httpx.post(url, json=body, timeout=300)
+            seconds.append(time.perf_counter() - started)
+            answer.raise_for_status()
+    return seconds
+
+
 def serve_loads(storage, ref: str, variants: dict[str, int], options: dict, *,
-                direct_port: int | None = None) -> dict:  # fmt: skip
-    """Start Ray and Serve, load each variant (label -> max_batch_size) in turn."""
+                direct_port: int | None = None, pairs: int = PROTOCOL_PAIRS) -> dict:  # fmt: skip
+    """Start Ray and Serve (HTTP and gRPC proxies), load each variant (label ->
+    max_batch_size) in turn; the batching one also gRPC against HTTP, `pairs` times."""
     from ray import serve as ray_serve
 
     from cluster.s3server import free_port
+    from serve.grpc_proxy import serve_start_options
 
     start_ray()
-    proxy_port = free_port()
-    ray_serve.start(http_options={"host": HOST, "port": proxy_port})
+    proxy_port, grpc_port = free_port(), free_port()
+    ray_serve.start(**serve_start_options(host=HOST, port=proxy_port, grpc_port=grpc_port))
     measured = {}
     try:
         for label, batch in variants.items():
@@ -213,6 +281,15 @@ def serve_loads(storage, ref: str, variants: dict[str, int], options: dict, *,
             port = direct_port or proxy_port
             with raylane_serve(storage, ref, port, max_batch_size=batch) as url:
                 measured[label] = load(url, **options)
+                if label == "batching" and not direct_port:
+                    print("[serve] gRPC vs HTTP, interleaved ...", flush=True)
+                    target = f"{HOST}:{grpc_port}"
+                    measured["grpc_vs_http"] = protocol_pairs(url, target, options, pairs)
+        if not direct_port and pairs > 1:  # not --quick: test_serve covers scale to zero
+            print("[serve] cold starts from zero replicas ...", flush=True)
+            measured["cold_start_s"] = cold_starts(
+                storage, ref, proxy_port, features=options["features"], repetitions=pairs
+            )
     finally:
         ray_serve.shutdown()
     return measured
@@ -275,7 +352,8 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
         with plain_fastapi(storage, ref) as url:
             measured["fastapi"] = load(url, **options)
         variants = {"batching": MAX_BATCH_SIZE, "no_batching": 1}
-        measured |= serve_loads(storage, ref, variants, options)
+        pairs = 1 if quick else PROTOCOL_PAIRS  # --quick (and the test tier) checks plumbing
+        measured |= serve_loads(storage, ref, variants, options, pairs=pairs)
         if not quick:
             print("[serve] raylane Serve, throughput-optimized (direct ingress) ...", flush=True)
             measured |= direct_ingress_loads(storage, ref, options)
@@ -309,6 +387,30 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
         raylane=at(measured["no_batching"], concurrency=top)["requests_per_s"],
         baseline=fastapi,
         unit="req/s",
+    )
+    pairs = measured["grpc_vs_http"]
+    rates = {k: [level["requests_per_s"] for level in pairs[k]] for k in ("grpc", "http")}
+    spread = ", ".join(f"{k} {min(v):.0f}-{max(v):.0f}" for k, v in rates.items())
+    result.ratio(
+        "serve_grpc_vs_http",
+        f"requests/s at concurrency {top}: gRPC v2 ModelInfer vs HTTP v1 predict (Serve, "
+        f"batching), median of {len(rates['grpc'])} interleaved pairs",
+        raylane=median(rates["grpc"]),
+        baseline=median(rates["http"]),
+        unit="req/s",
+        note=f"spread (min-max req/s): {spread}",
+    )
+    cold = measured.get("cold_start_s", [])
+    warm_s = at(measured["batching"], concurrency=1)["p50_ms"] / 1000
+    result.ratio(
+        "serve_cold_start",
+        "seconds to answer a request at zero replicas (scale to zero) vs a warm replica's p50",
+        raylane=median(cold),
+        baseline=warm_s,
+        unit="s",
+        note=f"cold starts (s): {', '.join(f'{s:.1f}' for s in cold)}"
+        if cold
+        else "not in --quick",
     )
     result.ratio(
         "serve_latency_c1",

@@ -9,6 +9,8 @@ Routes (KServe-v1 style; OpenAPI at /docs and /openapi.json):
                                   "model", "version"}
     GET  /v1/models/NAME          version, input schema, classes, limits, this replica's stats
     GET  /healthz                 liveness; needs no API key
+    POST /v2/models/NAME/infer    the Open Inference Protocol v2 (KServe, Triton), REST and,
+                                  with --grpc-port, gRPC: serve/v2_server.py
 Errors are 4xx with {"error": "<what is wrong and what was expected>"}: 400 malformed JSON,
 401 missing/wrong API key (when the env var named by `api_key_env` is set on the replicas),
 404 unknown model or route, 413 body over `max_body_bytes` (sent once the rest of the body is
@@ -47,7 +49,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -67,7 +69,9 @@ from cluster.storage import Storage
 from serve.batching import Batcher
 from serve.canary import Canary
 from serve.config import ServeArgs, check_batch_fits, parse_dynamic
+from serve.grpc_proxy import grpc_address, serve_start_options
 from serve.predictor import Prediction, Predictor
+from serve.scale_to_zero import report_cold_starts
 from serve.schemas import (
     ErrorResponse,
     PredictRequest,
@@ -77,11 +81,16 @@ from serve.schemas import (
     extract_instances,
     parse_json_body,
 )
+from serve.v2_server import OpenInferenceV2
+from serve.v2_server import router as v2_router
 from workloads.checkpoint import open_registry
 from workloads.trust import add_allow_flag
 
 APP_NAME = "raylane"
-ROUTES = "POST /v1/models/NAME:predict, GET /v1/models/NAME, GET /healthz, GET /docs"
+ROUTES = (
+    "POST /v1/models/NAME:predict, GET /v1/models/NAME, GET /healthz, GET /docs, "
+    "POST /v2/models/NAME/infer, GET /v2/models/NAME[/ready], GET /v2/health/live|ready"
+)
 CLI_SETTINGS = (
     "max_batch_size", "batch_wait_timeout_s", "max_ongoing_requests", "max_queued_requests",
     "num_replicas", "num_cpus", "num_gpus", "max_body_bytes", "max_instances", "watch_interval_s",
@@ -97,6 +106,7 @@ api = FastAPI(
     "own normalization is applied on the server. GET /v1/models/NAME says what an instance is.",
 )
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422)}
+api.include_router(v2_router)  # the v2 routes are OpenInferenceV2's methods
 BODY_DOC = {
     "requestBody": {
         "required": True,
@@ -223,7 +233,7 @@ def bind_replica_grpc_to_node() -> None:
 
 @ray_serve.deployment(name="ModelServer")
 @ray_serve.ingress(api)
-class ModelServer:
+class ModelServer(OpenInferenceV2):
     """One replica: validates each request, batches the valid ones, names the version."""
 
     async def __init__(self, args: dict):
@@ -414,9 +424,13 @@ class ModelServer:
     # ------------------------------------------------------------------ helpers
 
     def _authorize(self, request: Request) -> None:
+        self._check_api_key(request.headers.get("authorization", ""))
+
+    def _check_api_key(self, authorization: str) -> None:
+        """`authorization`: an HTTP header's or a gRPC metadata entry's value."""
         if not self._api_key:
             return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             token.strip().encode(), self._api_key.encode()
         ):
@@ -436,6 +450,15 @@ class ModelServer:
         self, code: int, body: dict, predictor: Predictor, start: float, predicted: bool = False
     ) -> JSONResponse:
         """The answer, counted in the metrics (and, for predictions, in a rollout's window)."""
+        self._record(code, predictor, start, predicted=predicted)
+        headers = {"X-Model-Version": str(predictor.version)}
+        if code == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse(body, status_code=code, headers=headers)
+
+    def _record(self, code: int, predictor: Predictor, start: float, predicted: bool) -> None:
+        """Count one answer (a gRPC one by its HTTP equivalent) and its latency; a prediction
+        also in a rollout's window."""
         tags = {"model": predictor.name, "version": str(predictor.version), "code": str(code)}
         self.metrics.requests.inc(tags=tags)
         latency_ms = (time.perf_counter() - start) * 1000
@@ -444,10 +467,6 @@ class ModelServer:
         )
         if predicted:
             self.canary.record(predictor.version, code, latency_ms)
-        headers = {"X-Model-Version": str(predictor.version)}
-        if code == 401:
-            headers["WWW-Authenticate"] = "Bearer"
-        return JSONResponse(body, status_code=code, headers=headers)
 
 
 def warn_if_open(api_key_env: str | None) -> None:
@@ -471,8 +490,12 @@ def deployment_options(args: ServeArgs) -> dict:
     return options
 
 
-def deploy(args: ServeArgs, *, host: str, port: int, access_log: bool = True) -> str:
-    """Start Serve's HTTP proxy on host:port, run the app, return the model's predict URL.
+def deploy(
+    args: ServeArgs, *, host: str, port: int, access_log: bool = True,
+    grpc_port: int | None = None, started: Callable[[], None] | None = None,
+) -> str:  # fmt: skip
+    """Start Serve's HTTP proxy on host:port (and its gRPC proxy on host:grpc_port), run the
+    app, return the model's predict URL.
 
     `access_log=False` keeps one line per request and Serve's INFO lines out of the logs (and,
     through Ray's log streaming, out of the driver's console): the pipeline's own sample
@@ -484,7 +507,10 @@ def deploy(args: ServeArgs, *, host: str, port: int, access_log: bool = True) ->
     }
     if not access_log:  # this driver's own "Started Serve", "Application ... is ready" lines
         logger.setLevel(logging.WARNING)
-    ray_serve.start(http_options={"host": host, "port": port}, logging_config=log_settings)
+    options = serve_start_options(host=host, port=port, grpc_port=grpc_port)
+    ray_serve.start(**options, logging_config=log_settings)
+    if started is not None:  # Serve is up, the app not yet deployed
+        started()
     ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/", logging_config=log_settings)
     shown = "127.0.0.1" if host == "0.0.0.0" else host  # a URL a client on this host can use
     return f"http://{shown}:{port}/v1/models/{ModelRef.parse(args.model).name}:predict"
@@ -509,18 +535,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_common_args(parser, overrides=None)
     add("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1; 0.0.0.0 for all)")
     add("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    add("--grpc-port", type=int, help="serve the v2 gRPC API on this port too (default: off)")
     for name, field in ServeArgs.model_fields.items():
         if name in CLI_SETTINGS:  # the same names, defaults and help as serve/config.yaml args
             flag, default = f"--{name.replace('_', '-')}", field.default
             add(flag, type=type(default), default=default, help=f"{field.description} ({default})")
     add("--max-replicas", type=int, help="autoscale between --min-replicas and this")
-    add("--min-replicas", type=int, default=1, help="with --max-replicas (default 1)")
+    add(
+        "--min-replicas",
+        type=int,
+        default=1,
+        help="with --max-replicas (default 1; 0: scale to zero when idle, serve/scale_to_zero.py)",
+    )
     add("--target-ongoing-requests", type=float, default=2.0, help="autoscaling target per replica")
     add("--api-key-env", default="RAYLANE_API_KEY", help="env var holding the API key, if set")
     add_allow_flag(parser, dest="custom_model_modules")
     options = vars(parser.parse_args(argv))
 
     host, port, address = options.pop("host"), options.pop("port"), options.pop("address")
+    grpc_port = options.pop("grpc_port")
     use_code(options.pop("working_dir"), options.pop("py_modules"))
     autoscaling = {
         "min_replicas": options.pop("min_replicas"),
@@ -548,16 +581,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     # sent as soon as it answers came in before a handler set after deploy (test_jobs).
     signal.signal(signal.SIGTERM, _interrupt)
     deployed = False
+    stops = []  # scale to zero: the cold-start reporter's stop (serve/scale_to_zero.py)
+    watch = (args.autoscaling_config or {}).get("min_replicas") == 0
+    started = (
+        (lambda: stops.append(report_cold_starts(APP_NAME, f"{name}:{version}"))) if watch else None
+    )
     try:
-        url = deploy(args, host=host, port=port)
+        url = deploy(args, host=host, port=port, grpc_port=grpc_port, started=started)
         deployed = True
         print(f"serving {name}:{version} ({args.model}) at {url}")
+        if grpc_port:
+            print(f"gRPC (Open Inference Protocol v2) at {grpc_address(host, grpc_port)}")
         print(f"docs at {url.split('/v1/')[0]}/docs; Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("stopping", flush=True)
         with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C must not leave a trace
+            for stop in stops:
+                stop()
             if deployed:
                 ray_serve.delete(APP_NAME)
             else:  # interrupted while deploying

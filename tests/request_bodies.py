@@ -142,3 +142,36 @@ def bodies() -> st.SearchStrategy:
     other = json_values() | instances_fields()
     texts = st.one_of(wrapped, wrapped, wrapped, other).map(lambda text: text.encode())
     return st.one_of(texts, texts, texts, st.binary(max_size=200))
+
+
+def v2_bodies() -> st.SearchStrategy:
+    """Open Inference Protocol v2 bodies, {"inputs": [{"name", "shape", "datatype", "data"}]}:
+    shapes that fit the models and any others, every datatype name, and as "data" the same
+    nasty values as instances; also the v1 bodies (the wrong protocol for the route)."""
+    shapes = st.sampled_from(["[1,64]", "[2,64]", "[1,1,8,8]", "[1,8]", "[2,3]", "[]"]) | st.lists(
+        st.integers(-2, 70) | st.sampled_from([2**31, 2**63, 10**30]), max_size=5
+    ).map(json_text)
+    datatypes = st.sampled_from(["FP32", "FP64", "INT32", "INT64", "BYTES", "BOOL", "fp32", ""])
+    names = st.sampled_from(['"input"', '"x"', "7", "null"])
+    tensor = st.builds(
+        lambda name, shape, datatype, data: (
+            f'{{"name": {name}, "shape": {shape}, "datatype": "{datatype}", "data": {data}}}'
+        ),
+        names, shapes, datatypes, instances_fields(),
+    )  # fmt: skip
+    value = st.floats(-100, 100) | st.floats(width=32, allow_nan=False, allow_infinity=False)
+    fits = st.builds(  # [n, 64] pixels or [n, 3] token ids: they reach the network
+        lambda n, width, datatype, data: json_text(
+            {"name": "input", "shape": [n, width], "datatype": datatype,
+             "data": data[: n * width] + [0] * (n * width - len(data))}
+        ),
+        st.integers(1, 4), st.sampled_from([64, 3, 1]), st.sampled_from(["FP32", "INT64", "BYTES"]),
+        st.lists(value | st.integers(0, 15) | st.text(max_size=30), max_size=256),
+    )  # fmt: skip
+    tensor = tensor | fits
+    wrapped = st.lists(tensor, min_size=0, max_size=2).map(
+        lambda t: '{"inputs": [' + ",".join(t) + "]}"
+    )
+    fitting_body = fits.map(lambda t: '{"inputs": [' + t + "]}")
+    texts = st.one_of(wrapped, wrapped, fitting_body, json_values()).map(lambda t: t.encode())
+    return st.one_of(texts, texts, texts, bodies())

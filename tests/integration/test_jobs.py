@@ -285,18 +285,25 @@ def test_training_prints_one_line_per_epoch_and_where_rays_logs_are(tmp_path):
 
 def test_sigterm_stops_raylane_serve_cleanly(tmp_path):
     """`kill` (a process manager, a container stop) ends `raylane serve` like Ctrl-C: exit 0,
-    the app gone, and no abort dump from Ray's C++ core in the output."""
+    the app gone, and no abort dump from Ray's C++ core in the output. With `--grpc-port` the
+    v2 gRPC service answers too, at the address it printed; with `--min-replicas 0` the app
+    starts with no replica, the first request waits for a cold start and gets its answer, and
+    the command prints how long the cold start took."""
     storage = Storage(str(tmp_path / "artifacts"))
     register_local(open_registry(storage), digits_checkpoint(tmp_path / "ckpt", seed=1, steps=5))
-    port, log = free_port(), tmp_path / "serve.log"
+    port, grpc_port, log = free_port(), free_port(), tmp_path / "serve.log"
     command = [str(Path(sys.executable).parent / "raylane"), "serve", "--model", "digits:1"]
-    command += ["--storage", storage.uri, "--port", str(port)]
+    command += ["--storage", storage.uri, "--port", str(port), "--grpc-port", str(grpc_port)]
+    command += ["--min-replicas", "0", "--max-replicas", "1"]
     with open(log, "w") as out:
         serving = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: answers(port) or serving.poll() is not None, timeout_s=180,
                  what="raylane serve answering /healthz")  # fmt: skip
         assert answers(port), log.read_text()[-3000:]
+        assert grpc_live(grpc_port), log.read_text()[-3000:]
+        # printed from the replica states it polls, so shortly after the first answer
+        wait_for(lambda: "cold start:" in log.read_text(), timeout_s=30, what="the cold start")
         serving.send_signal(signal.SIGTERM)
         serving.wait(timeout=120)
     finally:
@@ -305,9 +312,23 @@ def test_sigterm_stops_raylane_serve_cleanly(tmp_path):
     output = log.read_text()
     assert serving.returncode == 0, output[-3000:]
     assert "stopping" in output
+    assert f"gRPC (Open Inference Protocol v2) at 127.0.0.1:{grpc_port}" in output, output[-3000:]
+    cold_start = r"cold start: digits:1 scaled up from zero replicas in [\d.]+ s"
+    assert re.search(cold_start, output), output[-3000:]
     for sign in ("Aborted", "core dumped", "*** SIG", "Traceback"):
         assert sign not in output, output[-3000:]
     assert not answers(port)
+
+
+def grpc_live(port: int) -> bool:
+    import grpc
+
+    from serve.proto import grpc_predict_v2_pb2 as pb
+    from serve.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        return stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live
 
 
 def answers(port: int) -> bool:

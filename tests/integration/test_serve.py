@@ -4,7 +4,8 @@ made it (production -> 1, autoscaling 1-2 replicas) calls `served.reset()` first
 depends on what another left behind.
 
 The app autoscales 1-2 replicas with short delays, follows `digits@production` every 0.5 s,
-requires an API key and limits bodies to 64 KiB, so every behaviour is exercised on one setup.
+requires an API key and limits bodies to 64 KiB, and Serve's gRPC proxy serves the Open
+Inference Protocol v2 beside HTTP, so every behaviour is exercised on one setup.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class Served:
     expected: dict[int, list[dict]]  # version -> in-process answer per payload
     payloads: list[dict]
     args: dict  # the app's build_app args
+    grpc_target: str  # host:port of Serve's gRPC proxy (Open Inference Protocol v2)
 
     def reset(self) -> None:
         """The app as the fixture deployed it, serving version 1, whatever a test changed."""
@@ -124,9 +126,10 @@ def served(ray_session, registry) -> Served:
     from ray import serve as ray_serve
 
     from serve.app import APP_NAME, build_app
+    from serve.grpc_proxy import serve_start_options
 
-    port = free_port()
-    ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port, grpc_port = free_port(), free_port()
+    ray_serve.start(**serve_start_options(host="127.0.0.1", port=port, grpc_port=grpc_port))
     args = {
         "model": "digits@production",
         "storage": registry.storage.uri,
@@ -149,7 +152,8 @@ def served(ray_session, registry) -> Served:
         expected[version] = [
             predictor.predict_instances(p["instances"], max_instances=16) for p in payloads
         ]
-    yield Served(f"http://127.0.0.1:{port}", registry, expected, payloads, args)
+    url, grpc_target = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
+    yield Served(url, registry, expected, payloads, args, grpc_target)
     ray_serve.shutdown()
 
 
@@ -242,6 +246,103 @@ def test_http_predictions_equal_in_process_predictions(served):
         assert http.get("/healthz", headers={"Authorization": ""}).json()["status"] == "ok"
         assert PREDICT.replace("digits", "{name}") in http.get("/openapi.json").json()["paths"]
         assert http.get("/docs").status_code == 200
+
+
+# ---------------------------------------------------------------------- Open Inference Protocol v2
+
+
+def v2_tensor(instances: list, **changes) -> dict:
+    rows = np.asarray(instances, dtype=np.float32)
+    return {"name": "input", "shape": list(rows.shape), "datatype": "FP32",
+            "data": rows.ravel().tolist(), **changes}  # fmt: skip
+
+
+# (case, the model name asked for, changes to the input tensor, REST status, gRPC code name)
+BAD_TENSORS = [
+    ("wrong shape", "digits", {"shape": [2, 32]}, 422, "INVALID_ARGUMENT"),
+    ("wrong datatype", "digits", {"datatype": "BYTES"}, 422, "INVALID_ARGUMENT"),
+    ("wrong size", "digits", {"shape": [2, 64]}, 422, "INVALID_ARGUMENT"),
+    ("missing input", "digits", {"name": "pixels"}, 422, "INVALID_ARGUMENT"),
+    ("unknown model", "nope", {}, 404, "NOT_FOUND"),
+]
+
+
+def grpc_infer_request(model: str, tensor: dict):
+    from serve.proto import grpc_predict_v2_pb2 as pb
+
+    fields = {key: tensor[key] for key in ("name", "shape", "datatype")}
+    contents = pb.InferTensorContents(fp32_contents=tensor["data"])
+    if tensor["datatype"] == "BYTES":
+        contents = pb.InferTensorContents(bytes_contents=[b"x"] * len(tensor["data"]))
+    return pb.ModelInferRequest(
+        model_name=model,
+        inputs=[pb.ModelInferRequest.InferInputTensor(**fields, contents=contents)],
+    )
+
+
+def v2_answer(outputs) -> dict:
+    """v2 output tensors (REST dicts or gRPC messages) -> v1's predictions and probabilities."""
+    by_name = {
+        t["name"] if isinstance(t, dict) else t.name: t for t in outputs
+    }  # fmt: skip
+    labels, probabilities = by_name["predictions"], by_name["probabilities"]
+    if isinstance(labels, dict):
+        data, shape = labels["data"], probabilities["shape"]
+        return {"predictions": data, "probabilities": np.reshape(probabilities["data"], shape)}
+    data = [b.decode() for b in labels.contents.bytes_contents]
+    values = np.reshape(probabilities.contents.fp32_contents, list(probabilities.shape))
+    return {"predictions": data, "probabilities": values}
+
+
+@pytest.mark.integration
+def test_grpc_and_rest_v2_answer_as_http_v1_and_refuse_bad_tensors(served):
+    """A real grpcio client through Serve's gRPC proxy and REST v2 beside v1: the same
+    predictions as v1 for the same rows, the version that answered, and the bad-tensor table
+    refused with INVALID_ARGUMENT / NOT_FOUND and 4xx; no API key, UNAUTHENTICATED."""
+    import grpc
+
+    from serve.proto import grpc_predict_v2_pb2 as pb
+    from serve.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    key = [("authorization", f"Bearer {API_KEY}")]
+    with grpc.insecure_channel(served.grpc_target) as channel, client(served) as http:
+        stub = GRPCInferenceServiceStub(channel)
+        assert stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live
+        assert stub.ModelReady(pb.ModelReadyRequest(name="digits"), metadata=key).ready
+        metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"), metadata=key)
+        assert (metadata.versions, list(metadata.inputs[0].shape)) == (["1"], [-1, 1, 8, 8])
+        assert http.get("/v2/health/ready", headers={}).json() == {"ready": True}
+        assert http.get("/v2/models/digits").json()["versions"] == ["1"]
+        for index, payload in enumerate(served.payloads[:6]):
+            tensor = v2_tensor(payload["instances"])
+            reply = stub.ModelInfer(grpc_infer_request("digits", tensor), metadata=key)
+            assert reply.model_version == "1"
+            assert same_answer(v2_answer(reply.outputs), served.expected[1][index])
+            rest = http.post("/v2/models/digits/infer", json={"inputs": [tensor]})
+            assert rest.status_code == 200 and rest.json()["model_version"] == "1", rest.text
+            assert same_answer(v2_answer(rest.json()["outputs"]), served.expected[1][index])
+
+        failures = []
+        for case, model, changes, status, code in BAD_TENSORS:
+            tensor = v2_tensor(served.payloads[0]["instances"], **changes)
+            try:
+                stub.ModelInfer(grpc_infer_request(model, tensor), metadata=key)
+                failures.append(f"{case}: gRPC answered OK")
+            except grpc.RpcError as error:
+                if error.code().name != code or not error.details():
+                    failures.append(f"{case}: {error.code().name} {error.details()}")
+            rest = http.post(f"/v2/models/{model}/infer", json={"inputs": [tensor]})
+            if rest.status_code != status or not rest.json().get("error"):
+                failures.append(f"{case}: REST {rest.status_code} {rest.text[:200]}")
+        assert not failures, "\n".join(failures)
+
+        good = grpc_infer_request("digits", v2_tensor(served.payloads[0]["instances"]))
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(good)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "authorization" in refused.value.details()
+        no_key = http.post("/v2/models/digits/infer", json={}, headers={"Authorization": ""})
+        assert no_key.status_code == 401
 
 
 @dataclass(frozen=True)
@@ -650,6 +751,28 @@ def test_a_custom_class_on_the_operators_allow_list_is_served(served, tmp_path):
 
 
 @pytest.mark.integration
+def test_a_model_scaled_to_zero_answers_its_next_request_correctly(served):
+    """min_replicas 0: idle, the app goes to zero replicas; the next request waits for the cold
+    start and gets the right answer (no 5xx)."""
+    from ray import serve as ray_serve
+
+    from serve.app import APP_NAME, build_app
+
+    zero = {**AUTOSCALING, "min_replicas": 0, "initial_replicas": 1, "downscale_to_zero_delay_s": 1}
+    try:
+        ray_serve.run(build_app({**served.args, "autoscaling_config": zero}), name=APP_NAME,
+                      route_prefix="/")  # fmt: skip
+        wait_for(lambda: replicas() + replicas("STARTING") == 0, timeout_s=60,
+                 what="the idle app to scale to zero replicas")  # fmt: skip
+        with client(served) as http:
+            response = http.post(PREDICT, json=served.payloads[3])
+        assert response.status_code == 200, response.text
+        assert same_answer(response.json(), served.expected[1][3])
+    finally:
+        served.reset()
+
+
+@pytest.mark.integration
 def test_ray_serve_and_seaweedfs_started_here_listen_only_on_loopback(served):
     """Everything this test session started (the local Ray of `raylane serve`/`connect()`: GCS,
     raylet, agents, workers, Serve's controller, proxy and replicas; SeaweedFS) listens on
@@ -665,8 +788,8 @@ def test_ray_serve_and_seaweedfs_started_here_listen_only_on_loopback(served):
         except OSError:
             continue
     sockets = listening_sockets(descendants(roots))
-    served_port = int(served.url.rsplit(":", 1)[1])
-    assert served_port in {port for _, port, _ in sockets}, "the check must see Serve's proxy"
+    served_ports = {int(served.url.rsplit(":", 1)[1]), int(served.grpc_target.rsplit(":", 1)[1])}
+    assert served_ports <= {port for _, port, _ in sockets}, "the check must see Serve's proxies"
     outside = [(address, port) for address, port, _ in sockets if not is_loopback(address)]
     assert not outside, f"listening beyond loopback: {outside}"
 

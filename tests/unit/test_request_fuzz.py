@@ -16,10 +16,11 @@ import math
 import pytest
 from helpers import digits_checkpoint, tabular_checkpoint, text_checkpoint, tokens_checkpoint
 from hypothesis import HealthCheck, event, given, settings
-from request_bodies import FEATURES, MAX_INSTANCES, bodies
+from request_bodies import FEATURES, MAX_INSTANCES, bodies, v2_bodies
 
 from serve.predictor import Predictor
 from serve.schemas import RequestError, extract_instances, parse_json_body
+from serve.v2 import infer_request_from_json, infer_response_json, rows_from_inputs
 from workloads.trust import CodePolicy
 
 
@@ -40,12 +41,19 @@ def predictors(tmp_path_factory) -> dict[str, Predictor]:
     }
 
 
-def answer(predictor: Predictor, body: bytes) -> tuple[int, bytes]:
-    """What serve/app.py answers for `body`, as (status, JSON bytes), minus HTTP itself."""
+def answer(predictor: Predictor, body: bytes, *, v2: bool = False) -> tuple[int, bytes]:
+    """What serve/app.py answers for `body` (POST /v2/models/NAME/infer with `v2`), as
+    (status, JSON bytes), minus HTTP itself."""
     try:
-        instances = extract_instances(parse_json_body(body))
-        rows = predictor.schema.parse(instances, max_instances=MAX_INSTANCES)
-        status, reply = 200, predictor.response(predictor.predict(rows))
+        if v2:
+            infer = infer_request_from_json(parse_json_body(body))
+            rows = rows_from_inputs(predictor.schema, infer.inputs, max_instances=MAX_INSTANCES)
+            prediction = predictor.response(predictor.predict(rows))
+            status, reply = 200, infer_response_json(prediction, infer)
+        else:
+            instances = extract_instances(parse_json_body(body))
+            rows = predictor.schema.parse(instances, max_instances=MAX_INSTANCES)
+            status, reply = 200, predictor.response(predictor.predict(rows))
     except RequestError as error:
         assert 400 <= error.status_code < 500, error.status_code
         assert str(error).strip(), "an error must say what is wrong"
@@ -76,3 +84,17 @@ def test_any_body_gets_a_json_answer_or_a_4xx_that_says_why(predictors, one_thre
     if status == 200:
         probabilities = json.loads(reply)["probabilities"]
         assert all(math.isclose(sum(row), 1.0, rel_tol=1e-4) for row in probabilities)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "tokens", "text"])
+@settings(FUZZ, max_examples=300)
+@given(body=v2_bodies())
+def test_any_v2_body_gets_a_json_answer_or_a_4xx_that_says_why(predictors, one_thread, kind, body):
+    status, reply = answer(predictors[kind], body, v2=True)
+    event(f"status {status}")
+    assert status == 200 or 400 <= status < 500
+    if status == 200:
+        outputs = {t["name"]: t for t in json.loads(reply)["outputs"]}
+        assert math.isclose(
+            sum(outputs["probabilities"]["data"]), outputs["predictions"]["shape"][0], rel_tol=1e-4
+        )

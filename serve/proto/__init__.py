@@ -1,0 +1,1 @@
+"""The Open Inference Protocol v2 .proto and its generated stubs (`make proto`)."""
