@@ -77,23 +77,25 @@ class OpenInferenceV2:
 
     @router.get("/v2/models/{name}", summary="v2 model metadata")
     async def v2_metadata(self, name: str, request: Request) -> JSONResponse:
-        start, predictor = time.perf_counter(), self.predictor
-        try:
-            self._authorize(request)
-            check_model(name, "", served=predictor.name, served_version=predictor.version)
-        except RequestError as error:
-            return self._reply(error.status_code, {"error": str(error)}, predictor, start)
-        return self._reply(200, self._v2_metadata(predictor), predictor, start)
+        start, predictor, refused = self._v2_model(name, request)
+        return refused or self._reply(200, self._v2_metadata(predictor), predictor, start)
 
     @router.get("/v2/models/{name}/ready", summary="v2 model readiness")
     async def v2_model_ready(self, name: str, request: Request) -> JSONResponse:
+        start, predictor, refused = self._v2_model(name, request)
+        return refused or self._reply(200, {"name": name, "ready": True}, predictor, start)
+
+    def _v2_model(self, name: str, request: Request):
+        """(start, predictor, refusal): the refusal is the reply to send when the caller may
+        not see `name` (no API key, another model), else None."""
         start, predictor = time.perf_counter(), self.predictor
         try:
             self._authorize(request)
             check_model(name, "", served=predictor.name, served_version=predictor.version)
         except RequestError as error:
-            return self._reply(error.status_code, {"error": str(error)}, predictor, start)
-        return self._reply(200, {"name": name, "ready": True}, predictor, start)
+            refusal = self._reply(error.status_code, {"error": str(error)}, predictor, start)
+            return start, predictor, refusal
+        return start, predictor, None
 
     @router.get("/v2", summary="v2 server metadata")
     async def v2_server(self) -> dict:

@@ -17,6 +17,7 @@ import base64
 import ipaddress
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -309,3 +310,19 @@ def check_report(storage, key: str, checkpoint_dir) -> dict:
         assert image.startswith(b"\x89PNG") and f'href="{png}"' in page
         assert base64.b64encode(image).decode() in page  # shown even without the files beside
     return report
+
+
+@contextmanager
+def environment(values: dict[str, str]):
+    """`values` in os.environ meanwhile (a module's Ray and its replicas inherit them when
+    they start inside); what was there before is put back."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

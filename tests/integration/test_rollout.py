@@ -10,7 +10,6 @@ test-only fault-injection setting ($RAYLANE_TEST_FAULTS, serve/canary.py). Steps
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -21,7 +20,14 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from conftest import TEST_BUCKET
-from helpers import digits_checkpoint, digits_data, metric_sum, scrape_metrics, wait_for
+from helpers import (
+    digits_checkpoint,
+    digits_data,
+    environment,
+    metric_sum,
+    scrape_metrics,
+    wait_for,
+)
 
 from cluster.registry import Registry
 from cluster.s3server import free_port
@@ -38,14 +44,8 @@ ENVIRONMENT = {"RAYLANE_TEST_FAULTS": "digits:3=1", "RAY_metrics_report_interval
 @pytest.fixture(scope="module", autouse=True)
 def replica_environment():
     """Set before the module's Ray starts, so that its replicas inherit them."""
-    saved = {name: os.environ.get(name) for name in ENVIRONMENT}
-    os.environ.update(ENVIRONMENT)
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with environment(ENVIRONMENT):
+        yield
 
 
 @pytest.fixture(scope="module")

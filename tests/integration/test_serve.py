@@ -32,6 +32,7 @@ from helpers import (
     descendants,
     digits_checkpoint,
     digits_data,
+    environment,
     is_loopback,
     listening_sockets,
     metric_sum,
@@ -70,15 +71,8 @@ AUTOSCALING = {
 def replica_environment():
     """Set before the module's Ray starts, so its replicas inherit them: the API key (as a
     deployment would get it from a secret) and a 1 s metrics export instead of 10 s."""
-    saved = {name: os.environ.get(name) for name in (API_KEY_ENV, "RAY_metrics_report_interval_ms")}
-    os.environ[API_KEY_ENV] = API_KEY
-    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # noqa: SIM112 (Ray reads this case)
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with environment({API_KEY_ENV: API_KEY, "RAY_metrics_report_interval_ms": "1000"}):
+        yield
 
 
 @pytest.fixture(scope="module")
