@@ -201,9 +201,12 @@ def test_a_killed_controller_is_resumed_from_the_stored_step_and_sticky_clients_
         wait_for(lambda: stored(registry).step == 1, timeout_s=30, what="the second step")
         ray.kill(ray.get_actor(controller_name("digits"), namespace=NAMESPACE), no_restart=True)
         wait_for(lambda: find_controller("digits") is None, timeout_s=10, what="no controller")
-        seen = sticky_versions(served, clients=30)
         time.sleep(4)  # longer than a step: with no controller nothing moves
         assert (stored(registry).status, stored(registry).step) == ("running", 1)
+        # Sampled after the wait, which also outlasts a replica's poll (at most 1 s): sampled
+        # before it, a replica could still route by the last step's weight for a moment and
+        # move a client across mid-sample.
+        seen = sticky_versions(served, clients=30)
         run(registry, "resume", "digits")
         wait_for(lambda: finished(registry), timeout_s=60, what="the resumed rollout to end")
     state = stored(registry)
