@@ -16,7 +16,9 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -326,3 +328,26 @@ def environment(values: dict[str, str]):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+class ThreadedLoad:
+    """`threads` workers run `_run(worker)` (a subclass's request loop, which ends once
+    `self._stop` is set) for as long as the `with` block lasts; their errors surface at exit."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self._stop, self._pool = threading.Event(), ThreadPoolExecutor(threads)
+
+    def __enter__(self):
+        self.start = time.monotonic()
+        self._futures = [self._pool.submit(self._run, n) for n in range(self.threads)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for future in self._futures:
+            future.result()
+        self._pool.shutdown()
+
+    def _run(self, worker: int) -> None:
+        raise NotImplementedError

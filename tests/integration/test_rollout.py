@@ -10,17 +10,16 @@ test-only fault-injection setting ($RAYLANE_TEST_FAULTS, serve/canary.py). Steps
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
 import pytest
 from conftest import TEST_BUCKET
 from helpers import (
+    ThreadedLoad,
     digits_checkpoint,
     digits_data,
     environment,
@@ -92,23 +91,13 @@ class Answer:
     version: int | None
 
 
-class Load:
+class Load(ThreadedLoad):
     """`threads` clients POST one digit each in a loop until the block ends."""
 
     def __init__(self, url: str, *, threads: int = 4):
-        self.url, self.threads, self.answers = url, threads, []
-        self._stop, self._pool = threading.Event(), ThreadPoolExecutor(threads)
+        super().__init__(threads)
+        self.url, self.answers = url, []
         self.instances = digits_data()[0][:16].tolist()
-
-    def __enter__(self) -> Load:
-        self._futures = [self._pool.submit(self._run, n) for n in range(self.threads)]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for future in self._futures:
-            future.result()
-        self._pool.shutdown()
 
     def _run(self, worker: int) -> None:
         with httpx.Client(base_url=self.url, timeout=15) as http:

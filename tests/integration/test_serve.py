@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -29,6 +27,7 @@ import pytest
 import yaml
 from conftest import TEST_BUCKET
 from helpers import (
+    ThreadedLoad,
     descendants,
     digits_checkpoint,
     digits_data,
@@ -170,25 +169,13 @@ class Outcome:
     attempts: int
 
 
-class Load:
+class Load(ThreadedLoad):
     """`threads` clients POST payloads in a loop until stopped (at most `limit_s`)."""
 
     def __init__(self, served: Served, *, threads: int, retry: bool = False, limit_s: float = 25):
-        self.served, self.threads, self.retry, self.limit_s = served, threads, retry, limit_s
+        super().__init__(threads)
+        self.served, self.retry, self.limit_s = served, retry, limit_s
         self.outcomes: list[Outcome] = []
-        self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(threads)
-
-    def __enter__(self) -> Load:
-        self.start = time.monotonic()
-        self._futures = [self._pool.submit(self._run, n) for n in range(self.threads)]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for future in self._futures:
-            future.result()
-        self._pool.shutdown()
 
     def _run(self, worker: int) -> None:
         with client(self.served) as http:
