@@ -1,6 +1,7 @@
 """Serve a registered model over HTTP with Ray Serve: batching, autoscaling, live model updates.
 
     raylane serve --model digits@production            # http://127.0.0.1:8000, Ctrl-C stops
+    raylane serve --models digits@production,wine:3    # many models in one app: serve/multi.py
     serve run serve/config.yaml                        # or `serve deploy` onto a running cluster
     curl -X POST 127.0.0.1:8000/v1/models/digits:predict -d '{"instances": [[0, 0, 5, ...]]}'
 
@@ -38,15 +39,12 @@ validated against, and every response names the version that produced it. Update
 Metrics (`ray.util.metrics`, scraped from each node's metrics endpoint with a `ray_` prefix):
 raylane_serve_requests_total{model,version,code}, raylane_serve_request_latency_ms{model,
 version}, raylane_serve_batch_size{model} (requests per batch),
-raylane_serve_model_version{model,alias}, raylane_rollout_weight{model,alias,candidate}.
+raylane_serve_model_version{model,alias}, raylane_rollout_weight{model,alias,candidate},
+raylane_serve_model_loads_total{model,version}.
 """
 
-import argparse
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -57,15 +55,13 @@ from fastapi.responses import JSONResponse
 from ray import serve as ray_serve
 from ray.serve import Application
 
-from cluster.config import add_common_args
 from cluster.errors import ConfigError, run_cli
 from cluster.registry import ModelRef
-from cluster.runtime import connect, use_code
 from cluster.storage import Storage
 from serve.batching import Batcher
 from serve.canary import Canary
 from serve.config import ServeArgs, check_batch_fits, parse_dynamic
-from serve.grpc_proxy import grpc_address, serve_start_options
+from serve.grpc_proxy import serve_start_options
 from serve.http import (
     BODY_DOC,
     ERRORS,
@@ -74,10 +70,11 @@ from serve.http import (
     answer_route_errors,
     bind_replica_grpc_to_node,
     check_api_key,
+    read_api_key,
     read_body,
 )
+from serve.multi import build_multi_app
 from serve.predictor import Prediction, Predictor
-from serve.scale_to_zero import report_cold_starts
 from serve.schemas import (
     PredictResponse,
     RequestError,
@@ -89,17 +86,12 @@ from serve.slot import ModelSlot, follow, predict_groups
 from serve.v2_server import OpenInferenceV2
 from serve.v2_server import router as v2_router
 from workloads.checkpoint import open_registry
-from workloads.trust import add_allow_flag
 
 APP_NAME = "raylane"
 ROUTES = (
     "POST /v1/models/NAME:predict, GET /v1/models/NAME, GET /healthz, GET /docs, "
     "POST /v2/models/NAME/infer, GET /v2/models/NAME[/ready], GET /v2/health/live|ready"
 )
-CLI_SETTINGS = (
-    "max_batch_size", "batch_wait_timeout_s", "max_ongoing_requests", "max_queued_requests",
-    "num_replicas", "num_cpus", "num_gpus", "max_body_bytes", "max_instances", "watch_interval_s",
-)  # fmt: skip
 logger = logging.getLogger("ray.serve")
 
 api = FastAPI(
@@ -120,10 +112,7 @@ class ModelServer(OpenInferenceV2):
     async def __init__(self, args: dict):
         bind_replica_grpc_to_node()
         self.args = ServeArgs.parse(args)
-        env = self.args.api_key_env
-        self._api_key = (os.environ.get(env) or "") if env else ""  # read once, never logged
-        if env and env in os.environ and not self._api_key:
-            logger.warning(f"{env} is set but empty: the API is served WITHOUT an API key")
+        self._api_key = read_api_key(self.args.api_key_env)
         self.registry = open_registry(Storage.from_uri(self.args.storage))
         self.device = "cuda" if self.args.num_gpus > 0 else "cpu"
         self.metrics = ServeMetrics()
@@ -303,12 +292,6 @@ class ModelServer(OpenInferenceV2):
             self.canary.record(predictor.version, code, latency_ms)
 
 
-def warn_if_open(api_key_env: str | None) -> None:
-    """A key variable that is set but empty turns authentication off: say so, loudly."""
-    if api_key_env and api_key_env in os.environ and not os.environ[api_key_env]:
-        print(f"warning: {api_key_env} is set but empty: serving WITHOUT an API key", flush=True)
-
-
 def deployment_options(args: ServeArgs) -> dict:
     """ServeArgs -> `Deployment.options(...)`: replicas, resources, queues, user_config."""
     options = {
@@ -329,7 +312,7 @@ def deploy(
     grpc_port: int | None = None, started: Callable[[], None] | None = None,
 ) -> str:  # fmt: skip
     """Start Serve's HTTP proxy on host:port (and its gRPC proxy on host:grpc_port), run the
-    app, return the model's predict URL.
+    app, return the model's predict URL (with `models`, the URL that lists them).
 
     `access_log=False` keeps one line per request and Serve's INFO lines out of the logs (and,
     through Ray's log streaming, out of the driver's console): the pipeline's own sample
@@ -345,14 +328,21 @@ def deploy(
     ray_serve.start(**options, logging_config=log_settings)
     if started is not None:  # Serve is up, the app not yet deployed
         started()
-    ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/", logging_config=log_settings)
+    ray_serve.run(
+        build_app(args), name=args.app_name, route_prefix=args.route_prefix,
+        logging_config=log_settings,
+    )  # fmt: skip
     shown = "127.0.0.1" if host == "0.0.0.0" else host  # a URL a client on this host can use
-    return f"http://{shown}:{port}/v1/models/{ModelRef.parse(args.model).name}:predict"
+    base = f"http://{shown}:{port}{args.route_prefix.rstrip('/')}/v1/models"
+    return base if args.models else f"{base}/{ModelRef.parse(args.model).name}:predict"
 
 
 def build_app(args: ServeArgs) -> Application:
-    """The Serve import path (`serve.app:build_app`); `args` as in serve/config.yaml."""
+    """The Serve import path (`serve.app:build_app`); `args` as in serve/config.yaml. With
+    `models`, the app of many models (serve/multi.py)."""
     args = ServeArgs.parse(args)
+    if args.models:
+        return build_multi_app(args, deployment_options(args))
     return ModelServer.options(**deployment_options(args)).bind(args.model_dump())
 
 
@@ -360,89 +350,10 @@ def build_app(args: ServeArgs) -> Application:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="raylane serve",
-        description="Serve a registered model over HTTP with Ray Serve (foreground; Ctrl-C stops).",
-    )
-    add = parser.add_argument
-    add("--model", required=True, help="NAME@ALIAS (follows the alias), NAME:VERSION or NAME")
-    add_common_args(parser, overrides=None)
-    add("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1; 0.0.0.0 for all)")
-    add("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    add("--grpc-port", type=int, help="serve the v2 gRPC API on this port too (default: off)")
-    for name, field in ServeArgs.model_fields.items():
-        if name in CLI_SETTINGS:  # the same names, defaults and help as serve/config.yaml args
-            flag, default = f"--{name.replace('_', '-')}", field.default
-            add(flag, type=type(default), default=default, help=f"{field.description} ({default})")
-    add("--max-replicas", type=int, help="autoscale between --min-replicas and this")
-    add(
-        "--min-replicas",
-        type=int,
-        default=1,
-        help="with --max-replicas (default 1; 0: scale to zero when idle, serve/scale_to_zero.py)",
-    )
-    add("--target-ongoing-requests", type=float, default=2.0, help="autoscaling target per replica")
-    add("--api-key-env", default="RAYLANE_API_KEY", help="env var holding the API key, if set")
-    add_allow_flag(parser, dest="custom_model_modules")
-    options = vars(parser.parse_args(argv))
+    """`raylane serve` (serve/command.py), also as `python -m serve.app`."""
+    from serve.command import main as serve_command
 
-    host, port, address = options.pop("host"), options.pop("port"), options.pop("address")
-    grpc_port = options.pop("grpc_port")
-    use_code(options.pop("working_dir"), options.pop("py_modules"))
-    autoscaling = {
-        "min_replicas": options.pop("min_replicas"),
-        "max_replicas": options.pop("max_replicas"),
-        "target_ongoing_requests": options.pop("target_ongoing_requests"),
-    }
-    if autoscaling["max_replicas"] is not None:
-        options["autoscaling_config"] = autoscaling
-    args = ServeArgs.parse(options)
-
-    storage = Storage.from_uri(args.storage)
-    storage.check()
-    # Load the version here first: a missing, corrupt or refused model is one line now, not a
-    # replica's traceback after Ray and Serve have started.
-    registry = open_registry(storage)
-    name, version = registry.resolve(args.model)
-    Predictor.load_version(registry, name, version, allow_modules=args.custom_model_modules)
-    warn_if_open(args.api_key_env)
-    args = args.model_copy(update={"storage": storage.uri})
-
-    connect(address)
-    # SIGTERM (kill, a process manager) stops like Ctrl-C: Ray's own exit on an unhandled
-    # SIGTERM ends in a C++ abort dump and leaves the app deployed. Set right after ray.init
-    # (which installs Ray's handlers): the app answers before deploy() returns, and a SIGTERM
-    # sent as soon as it answers came in before a handler set after deploy (test_jobs).
-    signal.signal(signal.SIGTERM, _interrupt)
-    deployed = False
-    stops = []  # scale to zero: the cold-start reporter's stop (serve/scale_to_zero.py)
-    watch = (args.autoscaling_config or {}).get("min_replicas") == 0
-    started = (
-        (lambda: stops.append(report_cold_starts(APP_NAME, f"{name}:{version}"))) if watch else None
-    )
-    try:
-        url = deploy(args, host=host, port=port, grpc_port=grpc_port, started=started)
-        deployed = True
-        print(f"serving {name}:{version} ({args.model}) at {url}")
-        if grpc_port:
-            print(f"gRPC (Open Inference Protocol v2) at {grpc_address(host, grpc_port)}")
-        print(f"docs at {url.split('/v1/')[0]}/docs; Ctrl-C stops", flush=True)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopping", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C must not leave a trace
-            for stop in stops:
-                stop()
-            if deployed:
-                ray_serve.delete(APP_NAME)
-            else:  # interrupted while deploying
-                ray_serve.shutdown()
-    return 0
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    return serve_command(argv)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ request is read, refused and counted the same way whichever app answers it.
 from __future__ import annotations
 
 import hmac
+import logging
+import os
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -29,6 +31,7 @@ BODY_DOC = {
         "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
     }
 }
+logger = logging.getLogger("ray.serve")
 
 
 def answer_route_errors(api: FastAPI, routes: str) -> None:
@@ -40,6 +43,14 @@ def answer_route_errors(api: FastAPI, routes: str) -> None:
         if error.status_code in (404, 405):
             message = f"no route {request.method} {request.url.path}; routes: {routes}"
         return JSONResponse({"error": message}, status_code=error.status_code)
+
+
+def read_api_key(env: str | None) -> str:
+    """The API key from the variable named `env` on this replica: read once, never logged."""
+    key = (os.environ.get(env) or "") if env else ""
+    if env and env in os.environ and not key:
+        logger.warning(f"{env} is set but empty: the API is served WITHOUT an API key")
+    return key
 
 
 def check_api_key(api_key: str, authorization: str) -> None:
