@@ -17,8 +17,9 @@ the new version beside the old one, as the one-model app does; a pinned NAME:VER
 Counted: raylane_serve_model_loads_total{model,version} and
 raylane_serve_model_evictions_total{model}, beside Ray's own serve_multiplexed_models_load_counter
 / _unload_counter and serve_num_multiplexed_models; GET /v1/models/NAME shows the answering
-replica's loads and evictions ("models"). Not here (one-model app only): canary rollouts, the
-v2 routes and gRPC.
+replica's loads and evictions ("models"). POST /v2/models/NAME/infer (Open Inference Protocol
+v2 REST) takes the same path, decoded by serve/v2.py as in the one-model app. Not here
+(one-model app only): canary rollouts, gRPC and the other v2 routes (metadata, readiness).
 """
 
 from __future__ import annotations
@@ -58,9 +59,13 @@ from serve.schemas import (
     parse_json_body,
 )
 from serve.slot import ModelSlot, follow, predict_groups
+from serve.v2 import InferRequest, infer_request_from_json, infer_response_json, rows_from_inputs
 from workloads.checkpoint import open_registry
 
-ROUTES = "POST /v1/models/NAME:predict, GET /v1/models, GET /v1/models/NAME, GET /healthz"
+ROUTES = (
+    "POST /v1/models/NAME:predict, GET /v1/models, GET /v1/models/NAME, GET /healthz, "
+    "POST /v2/models/NAME/infer"
+)
 ROUTER_CPUS = 0.1  # the router parses and forwards; the models' CPUs are the pool's
 logger = logging.getLogger("ray.serve")
 
@@ -159,12 +164,25 @@ class ModelPool:
         return "cuda" if self.args.num_gpus > 0 else "cpu"
 
     async def predict(self, instances: list) -> tuple[int, dict, int | None]:
-        """(status, body, version) for the instances of the request's model."""
+        """(status, body, version) for the v1 instances of the request's model."""
+        limit = self.args.max_instances
+        return await self._answer(lambda schema: schema.parse(instances, max_instances=limit))
+
+    async def v2_infer(self, infer: InferRequest) -> tuple[int, dict, int | None]:
+        """(status, body, version) for an Open Inference Protocol v2 request (serve/v2.py)."""
+        limit = self.args.max_instances
+        return await self._answer(
+            lambda schema: rows_from_inputs(schema, infer.inputs, max_instances=limit),
+            lambda answer: infer_response_json(answer, infer),
+        )
+
+    async def _answer(self, rows_of, reply=lambda answer: answer) -> tuple[int, dict, int | None]:
+        """Rows validated against the model's schema -> a batch -> (status, reply, version)."""
         predictor = await self._predictor()
         try:
-            rows = predictor.schema.parse(instances, max_instances=self.args.max_instances)
+            rows = rows_of(predictor.schema)
             used, prediction = await self.batcher.submit((predictor, rows))
-            return 200, used.response(prediction), used.version
+            return 200, reply(used.response(prediction)), used.version
         except RequestError as error:
             return error.status_code, {"error": str(error)}, predictor.version
 
@@ -225,6 +243,16 @@ class ModelRouter:
             body = await read_body(request, self.args.max_body_bytes)
             instances = extract_instances(parse_json_body(body))
             return await self._model(name).predict.remote(instances)
+
+        return await self._answer(name, request, ask)
+
+    @api.post("/v2/models/{name}/infer", summary="Open Inference Protocol v2 inference with NAME")
+    async def v2_infer(self, name: str, request: Request) -> JSONResponse:
+        async def ask() -> tuple[int, dict, int | None]:
+            check_content_type(request.headers.get("content-type"))
+            body = await read_body(request, self.args.max_body_bytes)
+            infer = infer_request_from_json(parse_json_body(body))
+            return await self._model(name).v2_infer.remote(infer)
 
         return await self._answer(name, request, ask)
 

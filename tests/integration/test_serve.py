@@ -870,6 +870,10 @@ def test_three_models_share_two_replicas_follow_their_own_aliases_and_evict_lru(
             served.registry.promote("mm-a", "production", 2)
             wait_for(lambda: correct("/models", "mm-a") == 2, timeout_s=20, what="mm-a at v2")
             assert [correct("/models", name) for name in MODELS] == [2, 1, 1]
+            tensor = {"inputs": [v2_tensor(payload["instances"])]}
+            v2 = http.post("/models/v2/models/mm-c/infer", json=tensor).json()
+            want = expected[("mm-c", 1)].predict_instances(payload["instances"], max_instances=16)
+            assert v2["model_version"] == "1" and same_answer(v2_answer(v2["outputs"]), want)
 
             ray_serve.run(build_app(one), name=one.app_name, route_prefix=one.route_prefix)
             for name in MODELS * 2:  # one replica, room for two: every use after two is a load
