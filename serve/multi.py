@@ -177,29 +177,33 @@ class ModelPool:
         )
 
     async def _answer(self, rows_of, reply=lambda answer: answer) -> tuple[int, dict, int | None]:
-        """Rows validated against the model's schema -> a batch -> (status, reply, version)."""
-        predictor = await self._predictor()
+        """Rows validated against the model's schema -> a batch -> (status, reply, version).
+        A refusal is returned, not raised: it crosses to the router as a plain value."""
+        predictor = None
         try:
+            predictor = await self._predictor()
             rows = rows_of(predictor.schema)
             used, prediction = await self.batcher.submit((predictor, rows))
             return 200, reply(used.response(prediction)), used.version
         except RequestError as error:
-            return error.status_code, {"error": str(error)}, predictor.version
+            return error.status_code, {"error": str(error)}, predictor and predictor.version
 
-    async def describe(self) -> dict:
+    async def describe(self) -> tuple[int, dict, int | None]:
         """GET /v1/models/NAME: the model's version and schema, and this replica's record."""
-        predictor = await self._predictor()
-        return {
+        try:
+            predictor = await self._predictor()
+        except RequestError as error:
+            return error.status_code, {"error": str(error)}, None
+        record = self.counts.describe(loaded=list(self.slots))
+        info = {
             **predictor.describe(),
             "ref": str(self.catalog.ref(predictor.name)),
             "limits": {"max_instances": self.args.max_instances},
             "replica": self.replica,
             "stats": asdict(self.stats),
-            "models": {
-                **self.counts.describe(loaded=list(self.slots)),
-                "max_models_per_replica": self.args.max_models_per_replica,
-            },
+            "models": {**record, "max_models_per_replica": self.args.max_models_per_replica},
         }
+        return 200, info, predictor.version
 
     async def _predictor(self) -> Predictor:
         """The request's model (its multiplexed model id), loaded if it is not yet."""
@@ -261,8 +265,7 @@ class ModelRouter:
         async def ask() -> tuple[int, dict, int | None]:
             if name.endswith(":predict"):
                 raise RequestError(405, f'{request.url.path} takes POST {{"instances": [...]}}')
-            info = await self._model(name).describe.remote()
-            return 200, info, info["version"]
+            return await self._model(name).describe.remote()
 
         return await self._answer(name, request, ask)
 
