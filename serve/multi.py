@@ -22,8 +22,6 @@ v2 REST) takes the same path, decoded by serve/v2.py as in the one-model app. No
 (one-model app only): canary rollouts, gRPC and the other v2 routes (metadata, readiness).
 """
 
-from __future__ import annotations
-
 import asyncio
 import logging
 import time
