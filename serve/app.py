@@ -44,6 +44,7 @@ raylane_serve_model_loads_total{model,version}.
 """
 
 import asyncio
+import importlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -110,6 +111,11 @@ class ModelServer(OpenInferenceV2):
     """One replica: validates each request, batches the valid ones, names the version."""
 
     async def __init__(self, args: dict):
+        # The v2 routes are an included APIRouter, which FastAPI resolves per request from the
+        # endpoints' signatures; @ray_serve.ingress above makes them take `self` when this
+        # module is imported. Serve ships this class by value, so import the module here: a
+        # replica that never did answered the v2 routes 422 "self: Field required".
+        importlib.import_module(__name__)
         bind_replica_grpc_to_node()
         self.args = ServeArgs.parse(args)
         self._api_key = read_api_key(self.args.api_key_env)
