@@ -18,11 +18,37 @@ from cluster.config import Strict, validate
 from cluster.errors import ConfigError
 from cluster.registry import ModelRef
 
+ALL_MODELS = "all"
+
 
 class ServeArgs(Strict):
     """Arguments of `serve.app:build_app` (the `args:` of serve/config.yaml, RayService)."""
 
-    model: str = Field(description="NAME@ALIAS (follows the alias), NAME:VERSION or NAME (latest)")
+    model: str | None = Field(
+        default=None,
+        description="NAME@ALIAS (follows the alias), NAME:VERSION or NAME (latest); or `models`",
+    )
+    models: list[str] | None = Field(
+        default=None,
+        description="many models in one app (serve/multi.py): refs as for `model`, comma-"
+        "separated or a list, or 'all' (every model of the registry, each at its latest)",
+    )
+    max_models_per_replica: int = Field(
+        default=3,
+        ge=1,
+        description="with `models`: models a replica keeps loaded; past it, the least "
+        "recently used one is evicted",
+    )
+    app_name: str = Field(
+        default="raylane",
+        description="Serve application name (`raylane serve`; in a Serve config, the "
+        "application's own `name`): another name deploys beside, not over, this one",
+    )
+    route_prefix: str = Field(
+        default="/",
+        description="URL prefix of the app's routes (`raylane serve`; in a Serve config, the "
+        "application's own `route_prefix`)",
+    )
     storage: str | None = Field(
         default=None, description="storage URI; default $RAYLANE_STORAGE or ./artifacts"
     )
@@ -62,7 +88,31 @@ class ServeArgs(Strict):
         "registry entry never chooses what code runs; see workloads/trust.py)",
     )
 
-    _check_model = field_validator("model")(classmethod(lambda cls, value: _model_ref(value)))
+    _check_model = field_validator("model")(
+        classmethod(lambda cls, value: value if value is None else _model_ref(value))
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _check_models(cls, value: Any) -> list[str] | None:
+        return value if value is None else model_list(value)
+
+    @field_validator("app_name")
+    @classmethod
+    def _check_app_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError("use letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _check_route_prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"/|(/[A-Za-z0-9_.~-]+)+", value):
+            raise ValueError(
+                "a path such as / or /team-a (a leading '/', no "
+                "trailing '/', letters, digits, '_', '.', '~', '-')"
+            )
+        return value
 
     @field_validator("api_key_env")
     @classmethod
@@ -84,6 +134,11 @@ class ServeArgs(Strict):
     @model_validator(mode="after")
     def _check_batching(self) -> ServeArgs:
         check_batch_fits(self.max_batch_size, self.max_ongoing_requests)
+        if (self.model is None) == (self.models is None):
+            raise ValueError(
+                "set exactly one of `model` (one model per app) and `models` (many models "
+                "per app, a list or 'all')"
+            )
         return self
 
     @classmethod
@@ -117,6 +172,25 @@ def _model_ref(value: str) -> str:
         return str(ModelRef.parse(value))
     except ConfigError as error:
         raise ValueError(str(error)) from None
+
+
+def model_list(value: Any) -> list[str]:
+    """ "a@production, b:3" or ["a@production", "b:3"] or "all" -> the refs, checked: no name
+    twice (a replica serves a model by its name), and "all" alone."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ValueError("a list of NAME@ALIAS / NAME:VERSION / NAME refs, or 'all'")
+    refs = [item.strip() for item in items if item.strip()]
+    if refs == [ALL_MODELS]:
+        return refs
+    if not refs or ALL_MODELS in refs:
+        raise ValueError("at least one ref, or 'all' on its own")
+    parsed = [ModelRef.parse(_model_ref(ref)) for ref in refs]
+    names = [ref.name for ref in parsed]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} listed twice; one ref per model name")
+    return [str(ref) for ref in parsed]
 
 
 def check_batch_fits(max_batch_size: int, max_ongoing_requests: int) -> None:

@@ -51,7 +51,9 @@ def replica_counts(app_name: str, deployment: str = "ModelServer") -> tuple[int,
     return states.get("RUNNING", 0), states.get("STARTING", 0)
 
 
-def report_cold_starts(app_name: str, model: str, *, interval_s: float = 0.25):
+def report_cold_starts(
+    app_name: str, model: str, *, deployment: str = "ModelServer", interval_s: float = 0.25
+):
     """Print a line per cold start of the app's model from a thread, until the returned
     function is called (it stops the thread and waits for it: a daemon thread left inside a
     Ray call at interpreter exit can crash it). Start it once Serve is started and before the
@@ -59,7 +61,10 @@ def report_cold_starts(app_name: str, model: str, *, interval_s: float = 0.25):
     while `serve.run` is still returning)."""
     stop = threading.Event()
     thread = threading.Thread(
-        target=_report, args=(app_name, model, interval_s, stop), name="cold-starts", daemon=True
+        target=_report,
+        args=(app_name, deployment, model, interval_s, stop),
+        name="cold-starts",
+        daemon=True,
     )
     thread.start()
 
@@ -70,11 +75,13 @@ def report_cold_starts(app_name: str, model: str, *, interval_s: float = 0.25):
     return stop_reporting
 
 
-def _report(app_name: str, model: str, interval_s: float, stop: threading.Event) -> None:
+def _report(
+    app_name: str, deployment: str, model: str, interval_s: float, stop: threading.Event
+) -> None:
     watch = ColdStartWatch()
     while not stop.wait(interval_s):
         try:
-            running, starting = replica_counts(app_name)
+            running, starting = replica_counts(app_name, deployment)
         except Exception:  # the controller busy or restarting: look again next time
             continue
         seconds = watch.observe(running=running, starting=starting, now=time.monotonic())

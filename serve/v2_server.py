@@ -31,6 +31,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from serve.http import read_body
 from serve.proto import grpc_predict_v2_pb2 as pb
 from serve.schemas import RequestError, check_content_type, parse_json_body
 from serve.v2 import (
@@ -56,8 +57,6 @@ class OpenInferenceV2:
 
     @router.post("/v2/models/{name}/infer", summary="Open Inference Protocol v2 inference")
     async def v2_infer(self, name: str, request: Request) -> JSONResponse:
-        from serve.app import read_body  # serve.app imports this module first
-
         start = time.perf_counter()
         predictor = self.canary.choose(self.predictor, request.headers)  # a rollout's weight
         try:

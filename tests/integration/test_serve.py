@@ -802,3 +802,97 @@ def test_an_int8_version_made_by_optimize_quantize_is_promoted_and_served(served
                 assert answer.json()["version"] == version and same_answer(answer.json(), expected)
     finally:
         served.reset()
+
+
+# ---------------------------------------------------------------------- many models in one app
+
+MODELS = ("mm-a", "mm-b", "mm-c")
+
+
+def multi_model_registry(registry: Registry, root: Path) -> dict[tuple[str, int], Predictor]:
+    """Three models (mm-a with a second version), as `raylane serve --models` would find them:
+    mm-a and mm-b at production -> 1, mm-c pinned. Returns the in-process predictor of each."""
+    for seed, name in enumerate(MODELS, start=3):
+        registry.register(name, digits_checkpoint(root / name, seed=seed, steps=4), lineage={})
+    registry.register("mm-a", digits_checkpoint(root / "a2", seed=9, steps=12), lineage={})
+    for name in ("mm-a", "mm-b"):
+        registry.promote(name, "production", 1)
+    versions = [("mm-a", 1), ("mm-a", 2), ("mm-b", 1), ("mm-c", 1)]
+    return {(n, v): Predictor.from_registry(registry, f"{n}:{v}") for n, v in versions}
+
+
+def answers(http: httpx.Client, prefix: str, name: str, payload: dict) -> tuple[int, dict]:
+    response = http.post(f"{prefix}/v1/models/{name}:predict", json=payload)
+    assert response.status_code == 200, response.text
+    return response.json()["version"], response.json()
+
+
+@pytest.mark.integration
+def test_three_models_share_two_replicas_follow_their_own_aliases_and_evict_lru(served, tmp_path):
+    """`raylane serve --models ...` (the README's command): one app, two replicas, room for two
+    models each. Every model answers by name as in-process; GET /v1/models lists them; promoting
+    mm-a changes only mm-a's answers; a second app (another name and route prefix) deploys beside
+    it, and cycling three models on its one replica evicts and reloads them, counted."""
+    from ray import serve as ray_serve
+
+    from serve.app import build_app
+    from serve.command import parse_command
+
+    expected = multi_model_registry(served.registry, tmp_path)
+    command = ["--models", "mm-a@production,mm-b@production,mm-c:1",
+               "--max-models-per-replica", "2", "--app-name", "models", "--route-prefix",
+               "/models", "--num-replicas", "2", "--num-cpus", "0.25", "--watch-interval-s",
+               "0.5", "--api-key-env", API_KEY_ENV, "--storage", served.registry.storage.uri]  # fmt: skip
+    args, _ = parse_command(command)
+    one = args.model_copy(
+        update={"app_name": "models-one", "route_prefix": "/one", "num_replicas": 1}
+    )
+    payload = served.payloads[5]
+
+    def correct(prefix: str, name: str) -> int:
+        version, body = answers(http, prefix, name, payload)
+        want = expected[(name, version)].predict_instances(payload["instances"], max_instances=16)
+        assert body["model"] == name and same_answer(body, want), (name, version)
+        return version
+
+    try:
+        ray_serve.run(build_app(args), name=args.app_name, route_prefix=args.route_prefix)
+        with client(served) as http:
+            assert {name: correct("/models", name) for name in MODELS} == dict.fromkeys(MODELS, 1)
+            listed = http.get("/models/v1/models").json()["models"]
+            assert [(m["name"], m["ref"], m["version"]) for m in listed] == [
+                ("mm-a", "mm-a@production", 1), ("mm-b", "mm-b@production", 1), ("mm-c", "mm-c:1", 1)
+            ]  # fmt: skip
+            unknown = http.post("/models/v1/models/digits:predict", json=payload)
+            assert unknown.status_code == 404
+            assert "this app serves: mm-a, mm-b, mm-c" in unknown.json()["error"]
+
+            served.registry.promote("mm-a", "production", 2)
+            wait_for(lambda: correct("/models", "mm-a") == 2, timeout_s=20, what="mm-a at v2")
+            assert [correct("/models", name) for name in MODELS] == [2, 1, 1]
+            tensor = {"inputs": [v2_tensor(payload["instances"])]}
+            v2 = http.post("/models/v2/models/mm-c/infer", json=tensor).json()
+            want = expected[("mm-c", 1)].predict_instances(payload["instances"], max_instances=16)
+            assert v2["model_version"] == "1" and same_answer(v2_answer(v2["outputs"]), want)
+
+            ray_serve.run(build_app(one), name=one.app_name, route_prefix=one.route_prefix)
+            for name in MODELS * 2:  # one replica, room for two: every use after two is a load
+                assert correct("/one", name) == (2 if name == "mm-a" else 1)
+            record = http.get("/one/v1/models/mm-a").json()["models"]
+            assert record["loads"]["mm-a"] >= 2 and sum(record["evictions"].values()) >= 3, record
+            assert len(record["loaded"]) <= 2 and record["max_models_per_replica"] == 2
+            # Neither app replaced the other, nor the module's app at "/".
+            assert correct("/models", "mm-b") == 1
+            assert http.post(PREDICT, json=payload).status_code == 200
+
+        def evictions_exported() -> bool:  # ours, and Ray's own multiplexing counter
+            text = scrape_metrics()
+            ours = metric_sum(text, "ray_raylane_serve_model_evictions_total")
+            rays = metric_sum(text, "ray_serve_multiplexed_models_unload_counter_total")
+            return ours >= 3 and rays >= 3
+
+        wait_for(evictions_exported, timeout_s=30, interval_s=1, what="eviction metrics")
+        print(f"\none replica of models-one: {record}")
+    finally:
+        for name in ("models", "models-one"):
+            ray_serve.delete(name)

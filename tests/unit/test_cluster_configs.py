@@ -43,6 +43,8 @@ METRICS = {
     "raylane_serve_batch_size": ("histogram", {"model"}),
     "raylane_serve_model_version": ("gauge", {"model", "alias"}),
     "raylane_rollout_weight": ("gauge", {"model", "alias", "candidate"}),
+    "raylane_serve_model_loads_total": ("counter", {"model", "version"}),
+    "raylane_serve_model_evictions_total": ("counter", {"model"}),
     "raylane_train_epoch": ("gauge", {"run"}),
     "raylane_train_loss": ("gauge", {"run", "split"}),
     "raylane_train_val_accuracy": ("gauge", {"run"}),
