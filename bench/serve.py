@@ -1,7 +1,7 @@
 """Serving: raylane's Ray Serve app against plain FastAPI running the same Batcher and Predictor,
 each beside the raw in-process forward pass at the batch size it reached.
 
-    python -m bench.serve            # about 8 minutes on 2 cores; writes bench/results/serve.json
+    python -m bench.serve            # about 7 minutes on 2 cores; writes bench/results/serve.json
     python -m bench.serve --quick    # a smoke-sized run of every code path but the second phase
 
 The model is an MLP with hidden sizes [6144, 6144, 6144] on 512 features (79M parameters,
@@ -21,7 +21,7 @@ batches with serve/batching.py's Batcher (max_batch_size 32, the same wait timeo
 Pairs are interleaved: each load level runs on both contenders of a phase back to back (A B,
 then B A in the next repetition), `REPETITIONS` times, so drifts of the shared machine hit
 both; rows report the medians and the spread (min-max). Load levels (`bench/loadgen.py`, its own
-process, counting completions inside the measured window): one-row requests at 1, 8 and 32
+process, counting completions inside the measured window): one-row requests at 1 and 32
 clients, requests of 8 rows at 4 clients and of 32 rows at 2, an open loop at 30 requests/s.
 Also (phase one): gRPC v2 ModelInfer against HTTP v1 in interleaved pairs, and the cold start
 from zero replicas (scale to zero) against a warm replica's p50.
@@ -29,6 +29,7 @@ from zero replicas (scale to zero) against a warm replica's p50.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -55,26 +56,31 @@ MAX_BATCH_SIZE = 32
 REPETITIONS = 3
 WORKLOADS = [
     Workload("1 row, c=1", concurrency=1),
-    Workload("1 row, c=8", concurrency=8),
     Workload("1 row, c=32", concurrency=32),
     Workload("8 rows, c=4", instances=8, concurrency=4),
     Workload("32 rows, c=2", instances=32, concurrency=2),
     Workload("1 row, open loop 30/s", rate=30.0),
 ]
 QUICK_WORKLOADS = [Workload("1 row, c=4", concurrency=4), Workload("8 rows, c=2", 8, 2)]
-DIRECT_WORKLOADS = [w for w in WORKLOADS if w.label in ("1 row, c=32", "8 rows, c=4")]
+TARGETED = ("1 row, c=32", "8 rows, c=4")  # the target's level, and many rows per request
+DIRECT_WORKLOADS = [w for w in WORKLOADS if w.label in TARGETED]
 
 
 def interleaved(contenders: dict[str, str], workloads: list[Workload], *, repetitions: int,
-                raw: RawForward, timing: dict, features: int) -> dict:  # fmt: skip
-    """{contender: {workload: [level per repetition]}}, the contenders alternating per level.
-    A batching level (more than one request or row at once) also gets the raw forward pass's
-    rows/s at the batch size the contender reached."""
-    measured: dict = {name: {w.label: [] for w in workloads} for name in contenders}
+                raw: RawForward, timing: dict, features: int, only: dict | None = None) -> dict:  # fmt: skip
+    """{contender: {workload: [level per repetition]}}, the contenders alternating per level
+    (`only`: contender -> the workload labels it runs, if not all). A batching level (more than
+    one request or row at once) also gets the raw forward pass's rows/s at the batch size the
+    contender reached."""
+    only = only or {}
+    measured: dict = {
+        name: {w.label: [] for w in workloads if w.label in only.get(name, [w.label])}
+        for name in contenders
+    }
     for repetition in range(repetitions):
         order = list(contenders) if repetition % 2 == 0 else list(reversed(contenders))
         for workload in workloads:
-            for name in order:
+            for name in (n for n in order if workload.label in measured[n]):
                 print(
                     f"[serve] {repetition + 1}/{repetitions} {workload.label}: {name}", flush=True
                 )
@@ -101,15 +107,24 @@ def phase(storage, ref: str, *, serve_label: str, workloads: list[Workload], opt
     timing = {"duration": options["duration"], "warmup": options["warmup"]}
     measured: dict = {}
     try:
-        with (
-            raylane_serve(storage, ref, direct_port or proxy_port,
-                          max_batch_size=MAX_BATCH_SIZE) as served,
-            plain_fastapi(storage, ref, max_batch_size=MAX_BATCH_SIZE) as fastapi,
-        ):  # fmt: skip
-            contenders = {serve_label: served, "fastapi": fastapi}
+        with contextlib.ExitStack() as stack:
+            port = direct_port or proxy_port
+            served = stack.enter_context(
+                raylane_serve(storage, ref, port, max_batch_size=MAX_BATCH_SIZE)
+            )
+            contenders = {serve_label: served}
+            if extras and options["repetitions"] > 1:  # the replica settings' before/after
+                contenders["serve_ray_defaults"] = stack.enter_context(
+                    raylane_serve(storage, ref, port, max_batch_size=MAX_BATCH_SIZE,
+                                  app_name="before", ray_defaults=True)
+                )  # fmt: skip
+            contenders["fastapi"] = stack.enter_context(
+                plain_fastapi(storage, ref, max_batch_size=MAX_BATCH_SIZE)
+            )
             measured["levels"] = interleaved(contenders, workloads, raw=raw, timing=timing,
                                              repetitions=options["repetitions"],
-                                             features=options["features"])  # fmt: skip
+                                             features=options["features"],
+                                             only={"serve_ray_defaults": TARGETED})  # fmt: skip
             if extras:
                 print("[serve] gRPC vs HTTP, interleaved ...", flush=True)
                 measured["grpc_vs_http"] = protocol_pairs(
@@ -153,7 +168,7 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
     options = {
         "features": features,
         "repetitions": 1 if quick else REPETITIONS,
-        "duration": 0.5 if quick else 4.0,
+        "duration": 0.5 if quick else 3.0,
         "warmup": 0.2 if quick else 1.0,
     }
     workloads = QUICK_WORKLOADS if quick else WORKLOADS

@@ -183,13 +183,16 @@ def plain_fastapi(storage, ref: str, *, max_batch_size: int):
 
 
 @contextlib.contextmanager
-def raylane_serve(storage, ref: str, port: int, *, max_batch_size: int, **settings):
+def raylane_serve(storage, ref: str, port: int, *, max_batch_size: int, app_name: str = "",
+                  ray_defaults: bool = False, **settings):  # fmt: skip
     """raylane's Serve app (serve.app.build_app) on the running Serve instance; yields the
     predict URL on `port` (the proxy's, or the replica's own in direct-ingress mode).
+    `app_name`: a second app beside raylane's, under /<app_name>; `ray_defaults`: without
+    raylane's replica settings (serve.app.REPLICA_ENV), as before they were set;
     `settings`: more ServeArgs, e.g. an autoscaling_config."""
     from ray import serve as ray_serve
 
-    from serve.app import APP_NAME, build_app
+    from serve.app import APP_NAME, ModelServer, deployment_options
     from serve.config import ServeArgs
 
     args = ServeArgs(
@@ -203,9 +206,14 @@ def raylane_serve(storage, ref: str, port: int, *, max_batch_size: int, **settin
         watch_interval_s=0,
         **settings,
     )
-    ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    options = deployment_options(args)
+    if ray_defaults:
+        options["ray_actor_options"].pop("runtime_env")
+    name, prefix = app_name or APP_NAME, f"/{app_name}" if app_name else ""
+    app = ModelServer.options(**options).bind(args.model_dump())
+    ray_serve.run(app, name=name, route_prefix=prefix or "/")
     try:
-        wait_http(f"http://{HOST}:{port}/healthz")
-        yield f"http://{HOST}:{port}/v1/models/{MODEL_NAME}:predict"
+        wait_http(f"http://{HOST}:{port}{prefix}/healthz")
+        yield f"http://{HOST}:{port}{prefix}/v1/models/{MODEL_NAME}:predict"
     finally:
-        ray_serve.delete(APP_NAME)
+        ray_serve.delete(name)
