@@ -29,7 +29,6 @@ from zero replicas (scale to zero) against a warm replica's p50.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -62,31 +61,26 @@ WORKLOADS = [
     Workload("1 row, open loop 30/s", rate=30.0),
 ]
 QUICK_WORKLOADS = [Workload("1 row, c=4", concurrency=4), Workload("8 rows, c=2", 8, 2)]
-TARGETED = ("1 row, c=32", "8 rows, c=4")  # the target's level, and many rows per request
-DIRECT_WORKLOADS = [w for w in WORKLOADS if w.label in TARGETED]
+# the target's level, and many rows per request
+DIRECT_WORKLOADS = [w for w in WORKLOADS if w.label in ("1 row, c=32", "8 rows, c=4")]
 
 
 def interleaved(contenders: dict[str, str], workloads: list[Workload], *, repetitions: int,
-                raw: RawForward, timing: dict, features: int, only: dict | None = None) -> dict:  # fmt: skip
-    """{contender: {workload: [level per repetition]}}, the contenders alternating per level
-    (`only`: contender -> the workload labels it runs, if not all). A batching level (more than
-    one request or row at once) also gets the raw forward pass's rows/s at the batch size the
-    contender reached."""
-    only = only or {}
-    measured: dict = {
-        name: {w.label: [] for w in workloads if w.label in only.get(name, [w.label])}
-        for name in contenders
-    }
+                raw: RawForward, timing: dict, features: int) -> dict:  # fmt: skip
+    """{contender: {workload: [level per repetition]}}, the contenders alternating per level.
+    A batching level (more than one request or row at once) also gets the raw forward pass's
+    rows/s on the very batch sizes the contender ran (RawForward.rows_per_s)."""
+    measured: dict = {name: {w.label: [] for w in workloads} for name in contenders}
     for repetition in range(repetitions):
         order = list(contenders) if repetition % 2 == 0 else list(reversed(contenders))
         for workload in workloads:
-            for name in (n for n in order if workload.label in measured[n]):
+            for name in order:
                 print(
                     f"[serve] {repetition + 1}/{repetitions} {workload.label}: {name}", flush=True
                 )
                 level = measure(contenders[name], workload, timing, features=features)
                 if workload.concurrency > 1 or workload.instances > 1:
-                    level["raw_rows_per_s"] = raw.rows_per_s(level["rows_per_batch"])
+                    level["raw_rows_per_s"] = raw.rows_per_s(level["batch_rows"])
                 measured[name][workload.label].append(level)
     return measured
 
@@ -107,24 +101,15 @@ def phase(storage, ref: str, *, serve_label: str, workloads: list[Workload], opt
     timing = {"duration": options["duration"], "warmup": options["warmup"]}
     measured: dict = {}
     try:
-        with contextlib.ExitStack() as stack:
-            port = direct_port or proxy_port
-            served = stack.enter_context(
-                raylane_serve(storage, ref, port, max_batch_size=MAX_BATCH_SIZE)
-            )
-            contenders = {serve_label: served}
-            if extras and options["repetitions"] > 1:  # the replica settings' before/after
-                contenders["serve_ray_defaults"] = stack.enter_context(
-                    raylane_serve(storage, ref, port, max_batch_size=MAX_BATCH_SIZE,
-                                  app_name="before", ray_defaults=True)
-                )  # fmt: skip
-            contenders["fastapi"] = stack.enter_context(
-                plain_fastapi(storage, ref, max_batch_size=MAX_BATCH_SIZE)
-            )
+        with (
+            raylane_serve(storage, ref, direct_port or proxy_port,
+                          max_batch_size=MAX_BATCH_SIZE) as served,
+            plain_fastapi(storage, ref, max_batch_size=MAX_BATCH_SIZE) as fastapi,
+        ):  # fmt: skip
+            contenders = {serve_label: served, "fastapi": fastapi}
             measured["levels"] = interleaved(contenders, workloads, raw=raw, timing=timing,
                                              repetitions=options["repetitions"],
-                                             features=options["features"],
-                                             only={"serve_ray_defaults": TARGETED})  # fmt: skip
+                                             features=options["features"])  # fmt: skip
             if extras:
                 print("[serve] gRPC vs HTTP, interleaved ...", flush=True)
                 measured["grpc_vs_http"] = protocol_pairs(

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 from bench.common import Result, median
 
-NAMES = {
-    "serve": "Serve (HTTP proxy)",
-    "direct": "Serve (direct ingress)",
-    "serve_ray_defaults": "Serve (HTTP proxy, Ray's replica defaults)",
-}
+NAMES = {"serve": "Serve (HTTP proxy)", "direct": "Serve (direct ingress)"}
 
 
 def series(levels: list[dict], key: str) -> list[float]:
@@ -51,8 +47,8 @@ def pair_rows(result: Result, phase: dict, contender: str, workload) -> None:
         rows = series(levels, "rows_per_batch")
         result.ratio(
             f"{slug}_{label}_vs_raw",
-            f"rows/s, {workload.label}: {NAMES.get(label, 'FastAPI + Batcher')} vs the raw forward at the batch it "
-            f"reached ({median(rows):.1f} rows)",
+            f"rows/s, {workload.label}: {NAMES.get(label, 'FastAPI + Batcher')} vs the raw forward on "
+            f"the batches it ran ({median(rows):.1f} rows on average)",
             raylane=median(series(levels, "rows_per_s")),
             baseline=median(series(levels, "raw_rows_per_s")),
             unit="rows/s",
@@ -64,10 +60,9 @@ def pair_rows(result: Result, phase: dict, contender: str, workload) -> None:
 
 def report(result: Result, workloads: list) -> None:
     measured = result.measurements
-    pairs = (("proxy", "serve"), ("proxy", "serve_ray_defaults"), ("direct", "direct"))
-    for phase_name, contender in pairs:
+    for phase_name, contender in (("proxy", "serve"), ("direct", "direct")):
         phase = measured.get(phase_name)
-        if not phase or contender not in phase["levels"]:
+        if not phase:
             continue
         for workload in workloads:
             batching = workload.concurrency > 1 or workload.instances > 1
@@ -75,8 +70,6 @@ def report(result: Result, workloads: list) -> None:
                 pair_rows(result, phase, contender, workload)
     proxy = measured["proxy"]
     levels = proxy["levels"]
-    for label in levels.get("serve_ray_defaults", {}):
-        before_after(result, levels, label)
     first = workloads[0].label  # the lowest concurrency
     result.ratio(
         "serve_latency_low_load",
@@ -110,23 +103,6 @@ def report(result: Result, workloads: list) -> None:
         note=f"cold starts (s): {', '.join(f'{s:.1f}' for s in cold)}"
         if cold
         else "not in --quick",
-    )
-
-
-def before_after(result: Result, levels: dict, label: str) -> None:
-    """raylane's replica settings (serve.app.REPLICA_ENV) against Ray's defaults, interleaved."""
-    after, before = levels["serve"][label], levels["serve_ray_defaults"][label]
-    key = "rows_per_s"
-    pairs = [a / b for a, b in zip(series(after, key), series(before, key), strict=True) if b]
-    result.ratio(
-        "serve_replica_settings_" + "".join(c if c.isalnum() else "_" for c in label),
-        f"rows/s, {label}: Serve with raylane's replica settings (user code on the main loop) "
-        "vs Ray's defaults",
-        raylane=median(series(after, key)),
-        baseline=median(series(before, key)),
-        unit="rows/s",
-        note=f"spread rows/s: after {spread(series(after, key))}, before "
-        f"{spread(series(before, key))}; pair ratios {', '.join(f'{r:.2f}' for r in pairs)}",
     )
 
 

@@ -44,6 +44,7 @@ raylane_serve_model_version{model,alias}, raylane_rollout_weight{model,alias,can
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import os
@@ -160,12 +161,16 @@ class BatchStats:
     requests: int = 0
     instances: int = 0
     max_batch_size_seen: int = 0
+    batches_by_rows: dict[int, int] = dataclasses.field(
+        default_factory=dict
+    )  # rows in a batch -> batches
 
     def record(self, requests: int, instances: int) -> None:
         self.batches += 1
         self.requests += requests
         self.instances += instances
         self.max_batch_size_seen = max(self.max_batch_size_seen, requests)
+        self.batches_by_rows[instances] = self.batches_by_rows.get(instances, 0) + 1
 
 
 # A client that sends its whole body before reading the answer (Python's urllib, requests) got
@@ -475,21 +480,12 @@ def warn_if_open(api_key_env: str | None) -> None:
         print(f"warning: {api_key_env} is set but empty: serving WITHOUT an API key", flush=True)
 
 
-# Ray Serve 2.60 runs a replica's user code on a second thread with its own event loop, so
-# every request crosses threads on its way in and out; raylane's replica never blocks its
-# loop (loading, storage and forward passes run in threads), so it runs on the replica's main
-# loop. Set per deployment (the replica's runtime_env), not for the whole cluster. Measured in
-# bench/serve.py against Ray's defaults (docs/performance.md, "Serving").
-REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
-
-
 def deployment_options(args: ServeArgs) -> dict:
     """ServeArgs -> `Deployment.options(...)`: replicas, resources, queues, user_config."""
-    resources = {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus}
     options = {
         "max_ongoing_requests": args.max_ongoing_requests,
         "max_queued_requests": args.max_queued_requests,
-        "ray_actor_options": {**resources, "runtime_env": {"env_vars": dict(REPLICA_ENV)}},
+        "ray_actor_options": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
         "user_config": args.dynamic(),
     }
     if args.autoscaling_config is not None:

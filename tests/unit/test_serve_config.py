@@ -35,10 +35,7 @@ def test_build_app_turns_args_into_deployment_options():
     )
     options = deployment_options(args)
     assert options["autoscaling_config"] == AUTOSCALING and "num_replicas" not in options
-    actor = options["ray_actor_options"]
-    assert (actor["num_cpus"], actor["num_gpus"]) == (0.5, 0.0)
-    # user code on the replica's main loop, set for this deployment only (not the cluster)
-    assert actor["runtime_env"]["env_vars"]["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    assert options["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0}
     assert options["user_config"]["model"] == "digits:3"
     assert build_app({"model": "digits@production"}) is not None
     with pytest.raises(ConfigError, match=r"max_ongoing_requests \(4\) must be >= max_batch"):
