@@ -1,5 +1,5 @@
 """Serving: raylane's Ray Serve app against plain FastAPI running the same Batcher and Predictor,
-each beside the raw in-process forward pass at the batch size it reached.
+each beside the raw in-process forward pass on the batches it ran.
 
     python -m bench.serve            # about 7 minutes on 2 cores; writes bench/results/serve.json
     python -m bench.serve --quick    # a smoke-sized run of every code path but the second phase
@@ -15,8 +15,9 @@ batches with serve/batching.py's Batcher (max_batch_size 32, the same wait timeo
 - Serve, direct ingress: the same app in Serve's throughput-optimized mode
   (RAY_SERVE_THROUGHPUT_OPTIMIZED=1), requests sent to the replica's own HTTP port, as an
   HAProxy in front of the replicas would; a second phase in a fresh Ray (full run only);
-- raw: `Predictor.predict` in this process at the mean batch (rows) the contender just ran,
-  read from its batch stats: the most rows/s any server at that batch size could answer.
+- raw: `Predictor.predict` in this process on the batch sizes the contender just ran (its
+  batch stats count batches by rows), timed right after that level: the most rows/s any
+  server running those batches could answer (bench/serve_servers.py, RawForward).
 
 Pairs are interleaved: each load level runs on both contenders of a phase back to back (A B,
 then B A in the next repetition), `REPETITIONS` times, so drifts of the shared machine hit
