@@ -61,7 +61,11 @@ WORKLOADS = [
     Workload("32 rows, c=2", instances=32, concurrency=2),
     Workload("1 row, open loop 30/s", rate=30.0),
 ]
-QUICK_WORKLOADS = [Workload("1 row, c=4", concurrency=4), Workload("8 rows, c=2", 8, 2)]
+QUICK_WORKLOADS = [  # every code path once: closed loop, many rows, open loop
+    Workload("1 row, c=4", concurrency=4),
+    Workload("8 rows, c=2", instances=8, concurrency=2),
+    Workload("1 row, open loop 20/s", rate=20.0),
+]
 # the target's level, and many rows per request
 DIRECT_WORKLOADS = [w for w in WORKLOADS if w.label in ("1 row, c=32", "8 rows, c=4")]
 
