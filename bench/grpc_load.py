@@ -5,8 +5,8 @@ grpcio's asyncio client sending ModelInfer instead of HTTP POSTs. Only for 127.0
         --concurrency 32 --duration 5 --warmup 1
 
 Prints one JSON list, one entry per level, in loadgen's format (requests/s, p50/p99/mean ms,
-errors): only requests sent after the warm-up and answered inside the measured window count,
-so the two generators measure the same thing.
+errors), counted by the same code (bench.loadgen's Window and closed loop): requests completed
+inside the measured window, so the two generators measure the same thing.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
 
-from bench.loadgen import REQUEST_TIMEOUT_S, summary
+from bench.loadgen import REQUEST_TIMEOUT_S, Window, drive_clients
 
 
 def infer_request(model: str, features: int):
@@ -32,38 +31,38 @@ def infer_request(model: str, features: int):
     return pb.ModelInferRequest(model_name=model, inputs=[tensor])
 
 
+class Caller:
+    """One client of the shared closed loop (bench.loadgen.drive_clients) on a shared channel."""
+
+    def __init__(self, infer, request):
+        self.infer, self.request = infer, request
+
+    async def ok(self) -> bool:
+        import grpc
+
+        try:
+            await self.infer(self.request, timeout=REQUEST_TIMEOUT_S)
+            return True
+        except grpc.aio.AioRpcError:
+            return False
+
+    def close(self) -> None:
+        pass  # the channel is closed once, by closed_loop
+
+
 async def closed_loop(target: str, request, *, concurrency: int, duration: float,
                       warmup: float) -> dict:  # fmt: skip
     """`concurrency` clients on one channel (HTTP/2 multiplexes them), each sending its next
-    request when the last one is answered."""
+    request when the last one is answered, counted by loadgen's Window."""
     import grpc
 
     from serve.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
-    latencies: list[float] = []
-    errors = 0
     async with grpc.aio.insecure_channel(target) as channel:
         infer = GRPCInferenceServiceStub(channel).ModelInfer
-        start = time.perf_counter()
-        measure_from, stop = start + warmup, start + warmup + duration
-
-        async def client():
-            nonlocal errors
-            while (sent := time.perf_counter()) < stop:
-                try:
-                    await infer(request, timeout=REQUEST_TIMEOUT_S)
-                    ok = True
-                except grpc.aio.AioRpcError:
-                    ok = False
-                done = time.perf_counter()
-                if sent >= measure_from and done <= stop:
-                    if ok:
-                        latencies.append(done - sent)
-                    else:
-                        errors += 1
-
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-    return summary(latencies, errors, duration, mode="closed", concurrency=concurrency)
+        window = Window(warmup=warmup, duration=duration)
+        await drive_clients([Caller(infer, request) for _ in range(concurrency)], window)
+    return window.summary(mode="closed", concurrency=concurrency)
 
 
 async def run_levels(target: str, request, *, concurrency: list[int], duration: float,

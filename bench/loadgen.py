@@ -67,6 +67,14 @@ class Connection:
             self.close()
         return status
 
+    async def ok(self) -> bool:
+        """One request: whether it was answered 200 within REQUEST_TIMEOUT_S."""
+        try:
+            return await asyncio.wait_for(self.post(), REQUEST_TIMEOUT_S) == 200
+        except (OSError, asyncio.TimeoutError, ValueError, asyncio.IncompleteReadError):
+            self.close()
+            return False
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
@@ -84,100 +92,112 @@ def build_request(url: str, body: bytes) -> tuple[str, int, bytes]:
     return parsed.hostname, parsed.port or 80, head.encode() + body
 
 
-def summary(latencies: list[float], errors: int, seconds: float, **level) -> dict:
-    ordered = sorted(latencies)
+class Window:
+    """The measured window of one level, shared by the HTTP and gRPC generators: a request
+    counts when it *completes* inside [start + warmup, start + warmup + duration], whenever it
+    was sent, so the requests in flight at either edge are counted the same way a meter on the
+    server would, and requests/s is completions in the window over its length. Latencies are
+    those of the same requests (closed loop), or of the requests *scheduled* in the window
+    (open loop, `by_schedule`: a server that falls behind is charged for its whole queue)."""
 
-    def pct(q: float) -> float:
-        if not ordered:
-            return float("nan")
-        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000
+    def __init__(self, *, warmup: float, duration: float):
+        self.start = time.perf_counter()
+        self.measure_from, self.stop = self.start + warmup, self.start + warmup + duration
+        self.duration = duration
+        self.latencies: list[float] = []
+        self.completed = self.errors = 0
 
-    return {
-        **level,
-        "seconds": round(seconds, 2),
-        "completed": len(ordered),
-        "errors": errors,
-        "requests_per_s": len(ordered) / seconds if seconds else 0.0,
-        "p50_ms": pct(50),
-        "p99_ms": pct(99),
-        "mean_ms": sum(ordered) / len(ordered) * 1000 if ordered else float("nan"),
-    }
+    def open(self) -> bool:
+        """Whether a closed-loop client should send another request."""
+        return time.perf_counter() < self.stop
+
+    def record(self, sent: float, ok: bool, *, by_schedule: bool = False) -> None:
+        """One answered (ok) or failed request, sent (or scheduled) at `sent` (perf_counter)."""
+        done = time.perf_counter()
+        in_window = self.measure_from <= done <= self.stop
+        if ok and in_window:
+            self.completed += 1
+        if by_schedule and sent >= self.measure_from or not by_schedule and in_window:
+            if ok:
+                self.latencies.append(done - sent)
+            else:
+                self.errors += 1
+
+    def summary(self, **level) -> dict:
+        ordered = sorted(self.latencies)
+
+        def pct(q: float) -> float:
+            if not ordered:
+                return float("nan")
+            return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000
+
+        return {
+            **level,
+            "seconds": round(self.duration, 2),
+            "completed": self.completed,
+            "errors": self.errors,
+            "requests_per_s": self.completed / self.duration if self.duration else 0.0,
+            "p50_ms": pct(50),
+            "p99_ms": pct(99),
+            "mean_ms": sum(ordered) / len(ordered) * 1000 if ordered else float("nan"),
+        }
+
+
+async def drive_clients(clients: list, window: Window) -> None:
+    """The closed loop of both generators: each client (an object with `async ok() -> bool`
+    and `close()`) sends its next request when its last one is answered, until the window
+    ends."""
+
+    async def drive(client):
+        while window.open():
+            sent = time.perf_counter()
+            window.record(sent, await client.ok())
+        client.close()
+
+    await asyncio.gather(*(drive(client) for client in clients))
 
 
 async def closed_loop(target, *, concurrency: int, duration: float, warmup: float) -> dict:
-    """`concurrency` clients, each sending its next request when the last one is answered."""
+    """`concurrency` clients, each on its own keep-alive connection."""
     host, port, request = target
-    start = time.perf_counter()
-    measure_from, stop = start + warmup, start + warmup + duration
-    latencies: list[float] = []
-    errors = 0
-
-    async def client():
-        nonlocal errors
-        connection = Connection(host, port, request)
-        while (sent := time.perf_counter()) < stop:
-            try:
-                status = await asyncio.wait_for(connection.post(), REQUEST_TIMEOUT_S)
-                ok = status == 200
-            except (OSError, asyncio.TimeoutError, ValueError, asyncio.IncompleteReadError):
-                connection.close()
-                ok = False
-            done = time.perf_counter()
-            if sent >= measure_from and done <= stop:
-                if ok:
-                    latencies.append(done - sent)
-                else:
-                    errors += 1
-        connection.close()
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return summary(latencies, errors, duration, mode="closed", concurrency=concurrency)
+    window = Window(warmup=warmup, duration=duration)
+    await drive_clients([Connection(host, port, request) for _ in range(concurrency)], window)
+    return window.summary(mode="closed", concurrency=concurrency)
 
 
 async def open_loop(target, *, rate: float, duration: float, warmup: float) -> dict:
     """Requests sent at a fixed rate whether or not earlier ones were answered."""
     host, port, request = target
     idle: list[Connection] = []
-    latencies: list[float] = []
-    errors = dropped = in_flight = 0
-    start = time.perf_counter()
-    measure_from = start + warmup
+    dropped = in_flight = 0
+    window = Window(warmup=warmup, duration=duration)
     total = int(rate * (warmup + duration))
 
     async def one(scheduled: float):
-        nonlocal errors, in_flight
+        nonlocal in_flight
         connection = idle.pop() if idle else Connection(host, port, request)
-        try:
-            ok = await asyncio.wait_for(connection.post(), REQUEST_TIMEOUT_S) == 200
-        except (OSError, asyncio.TimeoutError, ValueError, asyncio.IncompleteReadError):
-            connection.close()
-            ok = False
+        ok = await connection.ok()
         in_flight -= 1
         if connection.writer is not None:
             idle.append(connection)
-        if scheduled >= measure_from:
-            if ok:
-                latencies.append(time.perf_counter() - scheduled)
-            else:
-                errors += 1
+        window.record(scheduled, ok, by_schedule=True)
 
     tasks = []
     for i in range(total):
-        scheduled = start + i / rate
+        scheduled = window.start + i / rate
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         if in_flight >= MAX_OPEN_CONNECTIONS:
-            dropped += scheduled >= measure_from
+            dropped += scheduled >= window.measure_from
             continue
         in_flight += 1
         tasks.append(asyncio.ensure_future(one(scheduled)))
     await asyncio.gather(*tasks)
     for connection in idle:
         connection.close()
-    result = summary(latencies, errors + dropped, duration, mode="open", rate=rate)
-    result["dropped"] = dropped
-    return result
+    window.errors += dropped
+    return {**window.summary(mode="open", rate=rate), "dropped": dropped}
 
 
 async def run_levels(url: str, body: bytes, *, concurrency: list[int], rate: float | None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -114,12 +114,14 @@ class BatchStats:
     requests: int = 0
     instances: int = 0
     max_batch_size_seen: int = 0
+    batches_by_rows: dict[int, int] = field(default_factory=dict)  # rows in a batch -> batches
 
     def record(self, requests: int, instances: int) -> None:
         self.batches += 1
         self.requests += requests
         self.instances += instances
         self.max_batch_size_seen = max(self.max_batch_size_seen, requests)
+        self.batches_by_rows[instances] = self.batches_by_rows.get(instances, 0) + 1
 
 
 # A client that sends its whole body before reading the answer (Python's urllib, requests) got
