@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ray.util import metrics as ray_metrics
@@ -32,11 +33,15 @@ from ray.util import metrics as ray_metrics
 from cluster.errors import ConfigError
 from cluster.registry import ModelRef, Registry
 from serve.predictor import Predictor
-from serve.rollout import find_controller, read_state
+from serve.rollout import find_controller, read_state, start_controller
 from serve.schemas import RequestError
 from serve.traffic import RolloutState, VersionStats, use_candidate
 
 FAULTS_ENV = "RAYLANE_TEST_FAULTS"
+# A running rollout whose controller has been gone this long is taken over by a replica: it
+# starts a new one (one wins: the actor is named), which continues from the stored step. The
+# grace lets `raylane rollout resume` and a controller that is just ending go first.
+CONTROLLER_GRACE_S = 5.0
 logger = logging.getLogger("ray.serve")
 
 
@@ -72,6 +77,7 @@ class Canary:
         self.candidate: Predictor | None = None
         self.window: dict[int, VersionStats] = {}
         self.faults = parse_faults(os.environ.get(FAULTS_ENV, ""))
+        self.controller_missing_since: float | None = None
         self.weight_gauge = ray_metrics.Gauge(
             "raylane_rollout_weight",
             description="percent of a replica's requests sent to the rollout's candidate version",
@@ -104,12 +110,15 @@ class Canary:
     # ------------------------------------------------------------------ following the record
 
     async def follow(self, ref_of: Callable[[], ModelRef], interval_of: Callable[[], float]):
-        """Poll the record every watch interval (at most 1 s: a rollback must reach every
-        replica within a step), as long as the replica follows an alias."""
+        """Poll the record as long as the replica follows an alias: every second while a
+        rollout is live (a rollback must reach every replica within a step), else every watch
+        interval, as the alias is polled (a new rollout waits at most that long for a replica,
+        which only delays its first verdict)."""
         last_problem = ""
         while True:
             interval = interval_of()
-            await asyncio.sleep(min(interval, 1.0) if interval > 0 else 1.0)
+            live = self.state is not None and self.state.status in ("running", "promoting")
+            await asyncio.sleep(1.0 if live or interval <= 0 else interval)
             ref = ref_of()
             if interval <= 0 or ref.alias is None:
                 continue
@@ -142,11 +151,24 @@ class Canary:
             self.weight_gauge.set(state.weight, tags=tags)
 
     async def _push(self) -> None:
-        """Send this replica's window to the controller, fire and forget; a missing controller
-        (being resumed) just loses the window, which only delays the verdict."""
+        """Send this replica's window to the controller, fire and forget. A missing controller
+        loses the window (which only delays the verdict) and, once it has been missing for
+        CONTROLLER_GRACE_S, is started again from here."""
         window, self.window = self.window, {}
-        if not window or self.state is None or self.state.status != "running":
+        if self.state is None or self.state.status != "running":
+            self.controller_missing_since = None
             return
         controller = await asyncio.to_thread(find_controller, self.state.model)
         if controller is not None:
-            controller.report.remote(self.state.key, window)
+            self.controller_missing_since = None
+            if window:
+                controller.report.remote(self.state.key, window)
+            return
+        now = time.monotonic()
+        self.controller_missing_since = self.controller_missing_since or now
+        if now - self.controller_missing_since >= CONTROLLER_GRACE_S:
+            storage_uri = self.registry.storage.uri
+            if await asyncio.to_thread(start_controller, storage_uri, self.state.model):
+                logger.warning(f"rollout of {self.state.model}: its controller was gone for "
+                               f"{CONTROLLER_GRACE_S:g} s; started a new one")  # fmt: skip
+            self.controller_missing_since = None

@@ -16,8 +16,9 @@ outlives the command that started it. Every TICK_S it reads the record and judge
 (serve/traffic.py: judge) on the stats the replicas pushed for that step; it writes the next
 step, moves the alias with the registry's compare-and-swap (expected: the version the rollout
 started from), or sets the weight to 0 and records why. It keeps nothing that matters: killed,
-it loses at most the current step's stats, and `raylane rollout resume` (or a `start`, which
-tells you to) starts a new one that continues from the stored step with a fresh window.
+it loses at most the current step's stats: a replica that finds no controller for a running
+rollout starts one after a grace (serve/canary.py), and `raylane rollout resume` does so at once;
+the new one continues from the stored step with a fresh window.
 
 Why replicas push stats to the controller instead of the controller reading Ray's metrics: the
 metrics endpoint is per node, exported every few seconds and aggregated by Prometheus, which a

@@ -179,8 +179,8 @@ def test_a_failing_candidate_is_rolled_back_within_its_first_step_and_the_alias_
 
 
 @pytest.mark.integration
-def test_a_killed_controller_is_resumed_from_the_stored_step_and_sticky_clients_stay_put(
-    served, registry
+def test_a_killed_controller_is_restarted_from_the_stored_step_and_sticky_clients_stay_put(
+    served, registry, capsys
 ):
     import ray
 
@@ -190,13 +190,17 @@ def test_a_killed_controller_is_resumed_from_the_stored_step_and_sticky_clients_
         wait_for(lambda: stored(registry).step == 1, timeout_s=30, what="the second step")
         ray.kill(ray.get_actor(controller_name("digits"), namespace=NAMESPACE), no_restart=True)
         wait_for(lambda: find_controller("digits") is None, timeout_s=10, what="no controller")
-        time.sleep(4)  # longer than a step: with no controller nothing moves
-        assert (stored(registry).status, stored(registry).step) == ("running", 1)
-        # Sampled after the wait, which also outlasts a replica's poll (at most 1 s): sampled
-        # before it, a replica could still route by the last step's weight for a moment and
-        # move a client across mid-sample.
+        # Sampled after a replica's poll (at most 1 s), so that no replica still routes by the
+        # last step's weight, and before the next step can come: a new controller starts only
+        # after CONTROLLER_GRACE_S and then watches a whole step.
+        time.sleep(1.5)
         seen = sticky_versions(served, clients=30)
-        run(registry, "resume", "digits")
+        assert (stored(registry).status, stored(registry).step) == ("running", 1)
+        wait_for(lambda: find_controller("digits") is not None, timeout_s=30,
+                 what="a replica to start a new controller")  # fmt: skip
+        capsys.readouterr()
+        run(registry, "resume", "digits")  # what a user would run: the controller is back
+        assert "its controller is running" in capsys.readouterr().out
         wait_for(lambda: finished(registry), timeout_s=60, what="the resumed rollout to end")
     state = stored(registry)
     assert state.status == "promoted", state.reason
