@@ -1,7 +1,7 @@
 # raylane: two commands on a fresh machine.
 #   make demo       set up .venv, start a local S3 server, run the pipeline on the digits preset
 #   make test       set up .venv and run every test this machine can run (lint, layers, tests)
-#   make test-fast  the unit tier only: no Ray, no servers, under a minute
+#   make test-fast  the unit tier only: no Ray, no servers, under two minutes
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

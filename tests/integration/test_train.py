@@ -141,15 +141,28 @@ class MetricsLog(UserCallback):
             log.write(json.dumps(metrics[0]) + "\n")
 
 
-def test_keep_checkpoints_leaves_the_best_k_and_the_latest_in_storage(
+def test_async_uploads_keep_the_best_k_and_the_latest_whole_and_metrics_reach_prometheus(
     ray_session, local_storage, tmp_path
 ):
+    """One run (each Ray Train run costs ~15 s of start-up here) shows three things a user
+    sees: `keep_checkpoints` leaves the best k and the latest, the async uploads leave whole
+    checkpoints and no temporary directories, and the epoch metrics reach /metrics."""
+    import glob
+    import tempfile
+
     from ray import cloudpickle
 
+    from workloads.checkpoint import load_model
+
+    def leftovers():  # under the Ray lock no other run writes checkpoints on this machine
+        return set(glob.glob(f"{tempfile.gettempdir()}/raylane-ckpt-*"))
+
+    before = leftovers()
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable there
     log = MetricsLog(tmp_path / "metrics.jsonl")
-    config = load_job_config("debug", ["name=kept", "train.epochs=6", "train.keep_checkpoints=2"])
-    run_training(config, local_storage, callbacks=[log], verbose=False)
+    config = load_job_config("debug", ["name=kept", "train.epochs=6", "train.keep_checkpoints=2",
+                                       "train.checkpoint_upload=async"])  # fmt: skip
+    summary = run_training(config, local_storage, callbacks=[log], verbose=False)
 
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in history] == [1, 2, 3, 4, 5, 6]
@@ -160,19 +173,20 @@ def test_keep_checkpoints_leaves_the_best_k_and_the_latest_in_storage(
     stored = {k for k in local_storage.list_dirs("runs/kept") if k.startswith("checkpoint-")}
     assert stored == expected and len(stored) in (2, 3)
 
-
-def test_training_metrics_reach_rays_prometheus_endpoint(ray_session, local_storage):
-    run_training(load_job_config("debug", ["name=gauged", "train.epochs=3"]), local_storage)
+    directory = local_storage.local_root / summary.best_checkpoint_key
+    _, meta = load_model(directory, policy=CodePolicy.for_loading())
+    assert meta["metrics"]["val_accuracy"] == pytest.approx(summary.metrics["val_accuracy"])
+    assert leftovers() <= before  # Ray's upload thread removed each directory after uploading
 
     def exported() -> bool:
-        return metric_sum(scrape_metrics(), "ray_raylane_train_epoch", run="gauged") == 3
+        return metric_sum(scrape_metrics(), "ray_raylane_train_epoch", run="kept") == 6
 
-    wait_for(exported, timeout_s=30, interval_s=1, what="raylane_train_epoch 3 on /metrics")
+    wait_for(exported, timeout_s=30, interval_s=1, what="raylane_train_epoch 6 on /metrics")
     text = scrape_metrics()
     for split in ("train", "validation"):
-        assert metric_sum(text, "ray_raylane_train_loss", run="gauged", split=split) > 0
-    assert 0.5 < metric_sum(text, "ray_raylane_train_val_accuracy", run="gauged") <= 1
-    assert metric_sum(text, "ray_raylane_train_samples_per_second", run="gauged") > 0
+        assert metric_sum(text, "ray_raylane_train_loss", run="kept", split=split) > 0
+    assert 0.5 < metric_sum(text, "ray_raylane_train_val_accuracy", run="kept") <= 1
+    assert metric_sum(text, "ray_raylane_train_samples_per_second", run="kept") > 0
 
 
 @pytest.mark.parametrize(
@@ -295,29 +309,6 @@ def test_fsdp_trains_like_ddp_and_its_gathered_checkpoint_serves(
     assert accuracy == pytest.approx(fsdp.metrics["val_accuracy"])
 
     # Resuming a sharded run after a worker is killed: test_a_killed_worker_... [fsdp].
-
-
-def test_async_checkpoint_upload_stores_whole_checkpoints_and_leaves_no_temporary_files(
-    ray_session, local_storage
-):
-    import glob
-    import tempfile
-
-    from workloads.checkpoint import load_model
-
-    def leftovers():  # under the Ray lock no other run writes checkpoints on this machine
-        return set(glob.glob(f"{tempfile.gettempdir()}/raylane-ckpt-*"))
-
-    before = leftovers()
-    config = load_job_config("debug", ["name=async", "train.checkpoint_upload=async"])
-    summary = run_training(config, local_storage, verbose=False)
-
-    stored = sorted(k for k in local_storage.list_dirs("runs/async") if k.startswith("checkpoint-"))
-    assert stored == ["checkpoint-epoch-0001", "checkpoint-epoch-0002"]
-    directory = local_storage.local_root / summary.best_checkpoint_key
-    _, meta = load_model(directory, policy=CodePolicy.for_loading())
-    assert meta["metrics"]["val_accuracy"] == pytest.approx(summary.metrics["val_accuracy"])
-    assert leftovers() <= before  # Ray's upload thread removed each directory after uploading
 
 
 # ---------------------------------------------------------------------- derived versions
