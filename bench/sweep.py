@@ -16,6 +16,10 @@ inside the Tune trial against trials that fit a TorchTrainer, and against their 
   trials, plus one process start (a Python that imports the worker's modules). Where the rest
   of an in-trial sweep goes (data preparation, Tune's start, per-trial set-up, checkpoints) is
   kept in the measurements (bench/sweep_timing.py).
+
+A full run starts with one uncounted in-trial sweep of one configuration: a fresh Ray's first
+sweep pays ~5 s more (Ray Data's first read, Tune's first trial processes), which would
+otherwise fall on whichever searcher or mode happened to run first.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR, parts=("asha", "mod
     result = Result("sweep", quick=quick)
     with bench_storage("sweep") as storage:
         start_ray()
+        if not quick:  # a fresh Ray's first sweep paid ~5 s more (Ray Data's first read, Tune)
+            timed_sweep(storage, mode_sweep("in_trial", quick=True, name=f"bench-warmup-{tag}"))
         if "asha" in parts:
             seeds = [0] if quick else (seeds or list(range(SEEDS)))
             asha_vs_random(result, storage, quick=quick, tag=tag, seeds=seeds)
