@@ -30,7 +30,7 @@ def asha_sweep(*, asha: bool, seed: int, tag: str, quick: bool):
     from cluster.config import validate
     from tune.config import SweepConfig
 
-    samples, epochs = (4, 3) if quick else (SAMPLES, MAX_EPOCHS)
+    samples, epochs = (3, 2) if quick else (SAMPLES, MAX_EPOCHS)
     return validate(
         SweepConfig,
         {
