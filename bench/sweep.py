@@ -1,7 +1,7 @@
 """Sweeps: ASHA against random search on 27 configurations and several seeds; trials that train
 inside the Tune trial against trials that fit a TorchTrainer, and against their compute limit.
 
-    python -m bench.sweep                  # ~12 minutes on 2 cores; writes bench/results/sweep.json
+    python -m bench.sweep                  # ~8 minutes on 2 cores; writes bench/results/sweep.json
     python -m bench.sweep --quick          # a smoke-sized run: every code path once
     python -m bench.sweep --only asha --seeds 1 --first-seed 1   # one piece (or: --only modes)
     python -m bench.sweep --only modes --repeats 1

@@ -1,6 +1,6 @@
 """ASHA against random search without early stopping: 27 configurations, several seeds.
 
-    python -m bench.sweep --only asha              # 3 seeds, ~4 minutes on 2 cores
+    python -m bench.sweep --only asha              # 3 seeds, ~2 minutes on 2 cores
     python -m bench.sweep --only asha --seeds 1 --first-seed 2   # one piece of a longer run
 
 For each seed both searchers get the same 27 configurations of a digits MLP (Tune's
