@@ -33,9 +33,10 @@ from bench.common import (
 )
 
 # name -> seconds allowed (full run); the quick run gets a third. The limits sum to 51.5
-# minutes; a full run takes about 31 (11.3 minutes, optimize's one, optimize_train's four,
-# train_memory's one, checkpoint_cost's five, the sweep's trial-mode rows about six: three Ray
-# Train sweeps of ~105 s; serve's interleaved repetitions about three more).
+# minutes; a full run takes about 36 (optimize's one, optimize_train's four, train_memory's one,
+# checkpoint_cost's five, serve's interleaved repetitions about six, the sweep about eight: ASHA
+# vs random on 27 configurations and 3 seeds ~1.5, three Ray Train sweeps of 8 configs x 8
+# epochs ~100 s each; the rest about eleven).
 ROOT = Path(__file__).parent.parent
 DOCS = (ROOT / "docs" / "performance.md", ROOT / "README.md")  # where the latest table goes
 BEGIN, END = "<!-- bench:begin (written by python -m bench.run_all) -->", "<!-- bench:end -->"

@@ -76,12 +76,15 @@ def run_trial(
     from ray import tune as ray_tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from workloads.recovery import storage_at
     from workloads.train import run_training
 
     trial_id = ray_tune.get_context().get_trial_id()
     data = trial_config(base, params, name=f"trial-{trial_id}")
     config = validate(JobConfig, data, source=f"trial {trial_id} config {params}")
-    storage, runs = Storage(storage_uri), f"sweeps/{sweep_name}/trials"
+    # The process's one client, which its checkpoint uploads use too: a reused trial process
+    # built a boto3 client per trial (60-140 ms each here) and opened new connections.
+    storage, runs = storage_at(storage_uri), f"sweeps/{sweep_name}/trials"
     if storage.exists(f"{runs}/{config.name}/summary.json"):
         # Finished before the sweep was interrupted, but Tune had not saved that yet: hand
         # Tune the stored result instead of starting the run again.
@@ -137,8 +140,11 @@ def concurrency(train: dict, requested: int | None, *, shared_data: bool, in_tri
 
 
 def build_tuner(
-    sweep: SweepConfig, storage: Storage, *, resume: bool, tracking=None, live_table: bool = True
-):
+    sweep: SweepConfig, storage: Storage, *, resume: bool, tracking=None, live_table: bool = True,
+    callbacks: Sequence = (),
+):  # fmt: skip
+    """The Tuner of `sweep` (restored from storage with `resume`); `callbacks` are Tune
+    callbacks in the driver (bench/sweep_timing.py times each report with one)."""
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -214,6 +220,7 @@ def build_tuner(
             storage_path=f"{root}/sweeps",
             storage_filesystem=fs,
             failure_config=ray_tune.FailureConfig(max_failures=0),
+            callbacks=list(callbacks),
             # The live status table (and Tune's boxes per trial), or nothing: the epoch lines
             # and the summary below say it all too (the pipeline's choice).
             verbose=1 if live_table else 0,

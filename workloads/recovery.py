@@ -36,7 +36,7 @@ from ray.train import UserCallback
 
 from cluster.errors import StorageError, first_line
 from cluster.storage import Storage
-from workloads.checkpoint import upload_checkpoint
+from workloads.checkpoint import read_meta, upload_checkpoint
 from workloads.runs import (
     checkpoint_key,
     last_failure,
@@ -132,6 +132,7 @@ class Uploads:
 
     def __init__(self, loop, *, background: bool):
         self.loop, self.pending = loop, None
+        self.metas: dict = {}  # the run's checkpoint metas known here (runs.ranked's cache)
         self.pool = (
             ThreadPoolExecutor(1, thread_name_prefix="raylane-upload") if background else None
         )
@@ -163,8 +164,9 @@ class Uploads:
         storage, train = storage_at(self.loop.storage_uri), self.loop.job.train
         try:
             upload_checkpoint(storage, directory, key)  # returns once every file is up
+            self.metas[key] = read_meta(directory)
             prune(storage, self.loop.run_key, keep=train.keep_checkpoints,
-                  metric=train.metric, mode=train.mode)  # fmt: skip
+                  metric=train.metric, mode=train.mode, metas=self.metas)  # fmt: skip
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 

@@ -75,9 +75,12 @@ def resume_point(storage: Storage, run_key: str, *, say=None) -> StoredCheckpoin
     return complete[-1] if complete else None
 
 
-def ranked(storage: Storage, run_key: str, *, metric: str, mode: str):
+def ranked(storage: Storage, run_key: str, *, metric: str, mode: str, metas: dict | None = None):
     """[(checkpoint, meta)] of the run's complete checkpoints, best `metric` first (ties: newer
-    first); a checkpoint without a number for the metric ranks last."""
+    first); a checkpoint without a number for the metric ranks last. `metas` (checkpoint key ->
+    meta) caches what is known and is filled with what had to be read: a whole checkpoint's
+    meta never changes, and reading each one again per epoch was half a small model's
+    checkpoint cost (three GETs of ~10 ms after each upload, docs/performance.md)."""
 
     def score(item) -> tuple[float, int]:
         value = item[1].get("metrics", {}).get(metric)
@@ -85,18 +88,25 @@ def ranked(storage: Storage, run_key: str, *, metric: str, mode: str):
             return -math.inf, item[0].epoch
         return (value if mode == "max" else -value), item[0].epoch
 
+    metas = {} if metas is None else metas
     complete = [c for c in stored_checkpoints(storage, run_key) if c.complete]
-    pairs = [(c, storage.read_json(meta_key(c.key))) for c in complete]
-    return sorted(pairs, key=score, reverse=True)
+    for checkpoint in complete:
+        if checkpoint.key not in metas:
+            metas[checkpoint.key] = storage.read_json(meta_key(checkpoint.key))
+    return sorted(((c, metas[c.key]) for c in complete), key=score, reverse=True)
 
 
-def prune(storage: Storage, run_key: str, *, keep: int, metric: str, mode: str) -> None:
-    """Keep the `keep` best complete checkpoints and the newest one; delete the others."""
-    order = ranked(storage, run_key, metric=metric, mode=mode)
+def prune(storage: Storage, run_key: str, *, keep: int, metric: str, mode: str,
+          metas: dict | None = None) -> None:  # fmt: skip
+    """Keep the `keep` best complete checkpoints and the newest one; delete the others.
+    `metas` is ranked's cache."""
+    order = ranked(storage, run_key, metric=metric, mode=mode, metas=metas)
     newest = max((checkpoint.epoch for checkpoint, _ in order), default=None)
     for position, (checkpoint, _) in enumerate(order):
         if position >= keep and checkpoint.epoch != newest:
             delete_checkpoint(storage, checkpoint.key)
+            if metas is not None:
+                metas.pop(checkpoint.key, None)
 
 
 def check_resumable(

@@ -16,21 +16,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+# torch.distributed's fsdp and checkpoint modules are imported where they are used: they took
+# ~0.5 s of every process that imports the worker's loop (each sweep trial's, each Ray Train
+# worker's), and only a run with train.strategy=fsdp needs them.
 # Sharded as one unit: their forward reads parameters directly (attention's out_proj.weight,
 # an RNN's flat weights) instead of calling the inner Linear, so an inner unit would never be
 # gathered.
 WHOLE_BLOCKS = (nn.TransformerEncoderLayer, nn.RNNBase)
 LEAF_BLOCKS = (nn.Linear, nn.Conv2d)
-GATHERED = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
@@ -51,6 +45,8 @@ def shard(
 ) -> nn.Module:
     """fully_shard each block, then the root. `param_dtype` (GPU mixed precision) is what the
     gathered parameters compute in; gradients are reduced and kept in float32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     model.to(device)
     for block in blocks(model):
@@ -62,8 +58,15 @@ def shard(
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """(weights, optimizer state), both whole and on the CPU. Every rank must call it (the
     shards are gathered); rank 0 gets the tensors, the others empty dicts."""
-    weights = get_model_state_dict(model, options=GATHERED)
-    optimizer_state = get_optimizer_state_dict(model, optimizer, options=GATHERED)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    gathered = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=gathered)
+    optimizer_state = get_optimizer_state_dict(model, optimizer, options=gathered)
     return weights, optimizer_state
 
 
@@ -71,6 +74,12 @@ def load_full_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optimizer_state: dict | None
 ) -> None:
     """Load whole weights (and optimizer state) on every rank; each keeps only its shard."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, weights, options=options)
     if optimizer_state:

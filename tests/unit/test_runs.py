@@ -68,6 +68,20 @@ def test_pruning_keeps_the_best_k_and_the_newest(local_storage, tmp_path, accura
     assert [c.epoch for c in stored_checkpoints(local_storage, RUN)] == kept
 
 
+def test_pruning_after_each_upload_with_known_metas_keeps_the_same_checkpoints(
+    local_storage, tmp_path
+):
+    # What the worker's uploads do (workloads/recovery.py: Uploads): prune after every
+    # checkpoint, with the metas already read or written kept, instead of reading them again.
+    metas = {}
+    for epoch, accuracy in enumerate([0.5, 0.9, 0.7, 0.6, float("nan")], 1):
+        store(local_storage, tmp_path, epoch, accuracy)
+        prune(local_storage, RUN, keep=2, metric="val_accuracy", mode="max", metas=metas)
+    kept = [c.epoch for c in stored_checkpoints(local_storage, RUN)]
+    assert kept == [2, 3, 5]
+    assert sorted(metas) == [checkpoint_key(RUN, epoch) for epoch in kept]
+
+
 def test_ranking_reads_the_metric_and_honours_the_mode(local_storage, tmp_path):
     for epoch, loss in enumerate([0.3, 0.1, 0.2], 1):
         store(local_storage, tmp_path, epoch, loss)
