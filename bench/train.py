@@ -18,7 +18,9 @@ same `train_step` and optimizer, one torch thread per process, on the same train
   (`train.cache_shard_mb`), which is why the first epoch is left out (see below).
 
 Throughput is training samples/s of steady-state epochs (the first is left out: start-up,
-warm-up). Each baseline runs right before and right after the raylane run it is compared
+warm-up). Beside it, what a user waits for: seconds to all epochs with start-up included, Ray's
+start and `run_training` against reading the same Parquet into tensors and the baseline's
+epochs. Each baseline runs right before and right after the raylane run it is compared
 with, so that other load on the machine during the run weighs on both sides alike. The
 checkpoint's cost is timed on the worker: `checkpoint_s`, rank 0's time from the end of
 evaluation to handing the epoch's metrics over (writing the checkpoint and, with the default
@@ -234,7 +236,9 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
     result = Result("train", quick=quick)
     with bench_storage("train") as storage:
         single = job_config(rows=rows, epochs=epochs, workers=1, checkpoint_every=1, tag="1w")
+        read_started = time.monotonic()
         spec, features, labels = training_rows(storage, single)
+        read_s = time.monotonic() - read_started
         result.settings = {
             "preset": "tabular-mlp",
             "dataset": f"synthetic-tabular, {rows} rows ({len(labels)} for training)",
@@ -247,7 +251,9 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
         args = (spec, features, labels, single.train)
         plain = functools.partial(plain_loop, *args, epochs=epochs)
         ddp = functools.partial(plain_ddp, *args, epochs=epochs, world=world)
+        ray_started = time.monotonic()
         start_ray()
+        ray_start_s = time.monotonic() - ray_started
         # Quick: the single-worker run stands in for the DDP comparison too.
         multi = single
         if world > 1:
@@ -256,7 +262,8 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
         pairs = {"plain loop": (plain, single), f"plain DDP x{world}": (ddp, multi)}
         measured = {}
         for name, (baseline, config) in pairs.items():
-            reuse = measured["plain loop"]["raylane"] if config is single and measured else None
+            first = measured.get("plain loop")
+            reuse = (first["raylane"], first["raylane_s"]) if config is single and first else None
             measured[name] = bracketed(name, baseline, storage, config, reuse=reuse)
 
     result.measurements = measured
@@ -271,6 +278,19 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
             goal=">= 0.95",
             note=f"load average {pair['load_average']}",
         )
+    for key, name in zip(("end_to_end_vs_plain_loop", "end_to_end_vs_plain_ddp"), measured,
+                         strict=True):  # fmt: skip
+        pair = measured[name]
+        result.ratio(
+            key,
+            f"seconds to {epochs} epochs with start-up, {pair['workers']} worker(s) vs {name}",
+            raylane=ray_start_s + pair["raylane_s"],
+            baseline=read_s + median(pair["baseline_s"]),
+            unit="s",
+            note="raylane: Ray's start, Ray Data from Parquet, workers, a validation pass and a "
+            "checkpoint every epoch; the baseline: reading the same Parquet into tensors, then "
+            "its epochs (no validation, no checkpoint)",
+        )
     reports = measured["plain loop"]["raylane"]
     result.ratio(
         "report_checkpoint_cost",
@@ -284,23 +304,32 @@ def run(*, quick: bool = False, out_dir: Path = RESULTS_DIR) -> Result:
     return result
 
 
-def bracketed(name: str, baseline, storage, config, *, reuse: list | None = None) -> dict:
+def bracketed(name: str, baseline, storage, config, *, reuse: tuple | None = None) -> dict:
     """The baseline's epochs right before and right after raylane's run, so a change in the
     machine's load during the run shows on both sides (the baseline is the median of both)."""
     load = [round(os.getloadavg()[0], 1)]
     print(f"[train] {name} ...", flush=True)
-    before = baseline()
+    before, before_s = timed(baseline)
     if reuse is None:
         print(f"[train] raylane, {config.train.num_workers} worker(s) ...", flush=True)
-        raylane = raylane_run(storage, config)
+        raylane, raylane_s = timed(functools.partial(raylane_run, storage, config))
         load.append(round(os.getloadavg()[0], 1))
         print(f"[train] {name} again ...", flush=True)
-        after = baseline()
+        after, after_s = timed(baseline)
+        baseline_s = [before_s, after_s]
     else:
-        raylane, after = reuse, []
+        (raylane, raylane_s), after, baseline_s = reuse, [], [before_s]
     load.append(round(os.getloadavg()[0], 1))
     return {"before": before, "after": after, "raylane": raylane, "load_average": load,
-            "workers": config.train.num_workers}  # fmt: skip
+            "workers": config.train.num_workers, "raylane_s": raylane_s,
+            "baseline_s": baseline_s}  # fmt: skip
+
+
+def timed(call):
+    """(call(), its wall seconds)."""
+    started = time.monotonic()
+    value = call()
+    return value, time.monotonic() - started
 
 
 def main(argv=None) -> int:
