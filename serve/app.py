@@ -72,16 +72,14 @@ from serve.http import (
     bind_replica_grpc_to_node,
     check_api_key,
     read_api_key,
-    read_body,
+    read_json,
 )
 from serve.multi import build_multi_app
 from serve.predictor import Prediction, Predictor
 from serve.schemas import (
     PredictResponse,
     RequestError,
-    check_content_type,
     extract_instances,
-    parse_json_body,
 )
 from serve.slot import ModelSlot, follow, predict_groups
 from serve.v2_server import OpenInferenceV2
@@ -199,9 +197,7 @@ class ModelServer(OpenInferenceV2):
         try:
             self._authorize(request)
             self._check_name(name, predictor)
-            check_content_type(request.headers.get("content-type"))
-            body = await read_body(request, self.args.max_body_bytes)
-            instances = extract_instances(parse_json_body(body))
+            instances = extract_instances(await read_json(request, self.args.max_body_bytes))
             rows = predictor.schema.parse(instances, max_instances=self.args.max_instances)
             self.canary.inject_fault(predictor)  # tests only: $RAYLANE_TEST_FAULTS
             used, prediction = await self.batcher.submit((predictor, rows))

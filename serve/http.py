@@ -20,7 +20,13 @@ from ray.util import metrics as ray_metrics
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from serve.schemas import ErrorResponse, PredictRequest, RequestError
+from serve.schemas import (
+    ErrorResponse,
+    PredictRequest,
+    RequestError,
+    check_content_type,
+    parse_json_body,
+)
 
 LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
@@ -156,6 +162,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     if received > limit or (declared.isdigit() and int(declared) > limit):
         raise too_large
     return bytes(body)
+
+
+async def read_json(request: Request, limit: int):
+    """A JSON request's parsed body: 415 for another content type, 413 past `limit` bytes,
+    400 for JSON that does not parse (every POST route of both apps reads its body so)."""
+    check_content_type(request.headers.get("content-type"))
+    return parse_json_body(await read_body(request, limit))
 
 
 def bind_replica_grpc_to_node() -> None:

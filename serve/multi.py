@@ -46,15 +46,13 @@ from serve.http import (
     bind_replica_grpc_to_node,
     check_api_key,
     read_api_key,
-    read_body,
+    read_json,
 )
 from serve.predictor import Predictor
 from serve.schemas import (
     PredictResponse,
     RequestError,
-    check_content_type,
     extract_instances,
-    parse_json_body,
 )
 from serve.slot import ModelSlot, follow, predict_groups
 from serve.v2 import InferRequest, infer_request_from_json, infer_response_json, rows_from_inputs
@@ -241,9 +239,7 @@ class ModelRouter:
     )
     async def predict(self, name: str, request: Request) -> JSONResponse:
         async def ask() -> tuple[int, dict, int | None]:
-            check_content_type(request.headers.get("content-type"))
-            body = await read_body(request, self.args.max_body_bytes)
-            instances = extract_instances(parse_json_body(body))
+            instances = extract_instances(await read_json(request, self.args.max_body_bytes))
             return await self._model(name).predict.remote(instances)
 
         return await self._answer(name, request, ask)
@@ -251,9 +247,7 @@ class ModelRouter:
     @api.post("/v2/models/{name}/infer", summary="Open Inference Protocol v2 inference with NAME")
     async def v2_infer(self, name: str, request: Request) -> JSONResponse:
         async def ask() -> tuple[int, dict, int | None]:
-            check_content_type(request.headers.get("content-type"))
-            body = await read_body(request, self.args.max_body_bytes)
-            infer = infer_request_from_json(parse_json_body(body))
+            infer = infer_request_from_json(await read_json(request, self.args.max_body_bytes))
             return await self._model(name).v2_infer.remote(infer)
 
         return await self._answer(name, request, ask)

@@ -31,9 +31,9 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from serve.http import read_body
+from serve.http import read_json
 from serve.proto import grpc_predict_v2_pb2 as pb
-from serve.schemas import RequestError, check_content_type, parse_json_body
+from serve.schemas import RequestError
 from serve.v2 import (
     InferRequest,
     check_model,
@@ -62,9 +62,7 @@ class OpenInferenceV2:
         try:
             self._authorize(request)
             check_model(name, "", served=predictor.name, served_version=predictor.version)
-            check_content_type(request.headers.get("content-type"))
-            body = await read_body(request, self.args.max_body_bytes)
-            infer = infer_request_from_json(parse_json_body(body))
+            infer = infer_request_from_json(await read_json(request, self.args.max_body_bytes))
             used, answer = await self._v2_answer(predictor, infer)
             reply = infer_response_json(answer, infer)
             return self._reply(200, reply, used, start, predicted=True)
